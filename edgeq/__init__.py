@@ -1,5 +1,18 @@
-"""edgeq: quantized models on the CPU, from Python."""
+"""edgeq: quantized models on the CPU, from Python.
+
+    w_q = edgeq.quantize(w, "int4", group_size=32)      # a QTensor
+    y = edgeq.linear(x, w_q)                            # integer kernels, float32 out
+    edgeq.save("m.eqm", {"w": w_q}); f = edgeq.open("m.eqm")   # memory-mapped views
+"""
 
 from edgeq.errors import FormatError, UnsupportedError
+from edgeq.format import PackedFile, save
+from edgeq.format import open_packed as open  # noqa: A001  (edgeq.open mirrors the file API)
+from edgeq.linear import linear
+from edgeq.loader import load
+from edgeq.qtypes import QTensor, QuantSpec, quantize
 
 __version__ = "0.1.0"
+
+__all__ = ["FormatError", "UnsupportedError", "PackedFile", "QTensor", "QuantSpec", "linear",
+           "load", "open", "quantize", "save", "__version__"]

@@ -1,1 +1,23 @@
+"""Model families: each module registers the architectures it runs (name -> builder)."""
 
+from typing import Callable
+
+from edgeq.errors import UnsupportedError
+
+ARCHITECTURES: dict[str, Callable] = {}
+
+
+def register(*names: str):
+    def add(builder: Callable) -> Callable:
+        for name in names:
+            ARCHITECTURES[name] = builder
+        return builder
+    return add
+
+
+def build_model(packed, **options):
+    arch = packed.config["architecture"]
+    if arch not in ARCHITECTURES:
+        raise UnsupportedError(f"{packed.path}: architecture {arch!r} is not supported; "
+                               f"known: {', '.join(sorted(ARCHITECTURES)) or 'none'}")
+    return ARCHITECTURES[arch](packed, **options)
