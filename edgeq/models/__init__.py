@@ -1,10 +1,13 @@
 """Model families: each module registers the architectures it runs (name -> builder)."""
 
+import importlib
 from typing import Callable
 
 from edgeq.errors import UnsupportedError
 
 ARCHITECTURES: dict[str, Callable] = {}
+#: modules that register architectures, imported on first use
+FAMILIES = ("edgeq.models.llama", "edgeq.models.bert")
 
 
 def register(*names: str):
@@ -16,6 +19,12 @@ def register(*names: str):
 
 
 def build_model(packed, **options):
+    for module in FAMILIES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
     arch = packed.config["architecture"]
     if arch not in ARCHITECTURES:
         raise UnsupportedError(f"{packed.path}: architecture {arch!r} is not supported; "
