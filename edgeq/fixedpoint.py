@@ -3,40 +3,45 @@
 Formats. ``Qm.n`` is a signed int32 holding ``value * 2**n`` with ``m + n = 31``; Q0.31 covers
 [-1, 1). A real multiplier ``M > 0`` is stored as ``(multiplier, shift)``:
 
-    M = multiplier * 2**(shift - 31),   multiplier in [2**30, 2**31)  (a Q0.31 value in [0.5, 1))
-                                         shift in [-31, 30]           (representable M: [2**-32, 2**30))
+    M = multiplier * 2**(shift - 31)
+    multiplier in [2**30, 2**31)   a Q0.31 mantissa in [0.5, 1)
+    shift in [-31, 30]             so the representable M are [2**-32, 2**30)
 
 Rounding rules, each defined once below and named after what it mirrors:
 
-    quantize_multiplier                  round(m * 2**31) half away from zero (std::round in
-                                         TFLite's QuantizeMultiplier); relative error <= 2**-31.
-    saturating_rounding_doubling_high_mul
-                                         ARM SQRDMULH / VQRDMULH, gemmlowp's
-                                         SaturatingRoundingDoublingHighMul: (a*b + nudge) / 2**31
-                                         truncated toward zero, nudge = 2**30 for a*b >= 0 and
-                                         1 - 2**30 for a*b < 0. That equals floor(a*b / 2**31 + 1/2),
-                                         i.e. round half UP (toward +inf). The only overflow,
-                                         a == b == INT32_MIN, saturates to INT32_MAX.
-    rounding_divide_by_pot               gemmlowp's RoundingDivideByPOT: x / 2**exponent rounded
-                                         half AWAY from zero (remainder/threshold rule).
-    multiply_by_quantized_multiplier     TFLite's MultiplyByQuantizedMultiplier (the classic,
-                                         double-rounding variant): saturating left shift by
-                                         max(shift, 0), SQRDMULH, then rounding_divide_by_pot by
-                                         max(-shift, 0). Result within one unit of x * M (less
-                                         than 1/2 + 2**-(r+1) for a right shift r); the exact
-                                         cases are characterised in tests/test_fixedpoint.py.
+quantize_multiplier
+    round(m * 2**31) half away from zero (std::round in TFLite's QuantizeMultiplier);
+    relative representation error <= 2**-31.
+saturating_rounding_doubling_high_mul
+    ARM SQRDMULH / VQRDMULH, gemmlowp's SaturatingRoundingDoublingHighMul:
+    (a*b + nudge) / 2**31 truncated toward zero, nudge = 2**30 if a*b >= 0 else 1 - 2**30.
+    That equals floor(a*b / 2**31 + 1/2): ties round UP (toward +inf) for both signs.
+    The only overflow, a == b == INT32_MIN, saturates to INT32_MAX.
+rounding_divide_by_pot
+    gemmlowp's RoundingDivideByPOT: x / 2**exponent, ties AWAY from zero
+    (remainder/threshold rule).
+multiply_by_quantized_multiplier
+    TFLite's MultiplyByQuantizedMultiplier, the classic double-rounding variant: left shift by
+    l = max(shift, 0) (saturating here; TFLite leaves overflow undefined), SQRDMULH, then
+    rounding_divide_by_pot by r = max(-shift, 0). With t = (x << l) * multiplier / 2**31,
+    |result - x*M| <= 1/2 + 2**-(r+1) < 1. The result is the correctly rounded (ties away)
+    x*M except (a) r = 0 and t a negative tie: one more (toward +inf); (b) r >= 1 and t within
+    1/2 of an odd multiple B of 2**(r-1) on the side of zero (B - 1/2 <= t < B for t > 0,
+    B < t < B + 1/2 for t < 0): one unit further from zero. tests/test_fixedpoint.py derives
+    and checks this against exact rationals.
 
 Every primitive has a scalar version on Python ints (the specification, written to read like
 the C it mirrors) and an ``*_array`` version on NumPy arrays (int64 intermediates, int32
 results) that agrees with it exactly, element for element, with broadcasting.
 
-Integer approximations (array versions only; they are built from the primitives above):
+Integer approximations (array versions only, built from the primitives above):
 
-    exp_on_negative_values(x, integer_bits)   exp(x) for x <= 0, x in Q(integer_bits).(31 -
-                                              integer_bits), result Q0.31. Absolute error
-                                              <= 2.6e-7 (4th order Taylor series, as gemmlowp's).
-    one_over_one_plus_x(x)                    1 / (1 + x) for x in [0, 1) Q0.31, result Q0.31.
-                                              Absolute error <= 2**-28 (Newton-Raphson).
+exp_on_negative_values(x, integer_bits)
+    exp(x) for x <= 0 in Q(integer_bits).(31 - integer_bits), result Q0.31; absolute error
+    <= 2.6e-7 (4th order Taylor series on [-1/4, 0), the same decomposition as gemmlowp's).
+one_over_one_plus_x(x)
+    1 / (1 + x) for x in [0, 1) Q0.31, result Q0.31; absolute error <= 2**-28
+    (Newton-Raphson).
 
 Neither approximation is claimed bit-identical to gemmlowp; their error bounds are tested
 against math.exp and exact division.

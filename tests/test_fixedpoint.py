@@ -19,7 +19,7 @@ from zero. Let R = round_half_away(t / 2**r), the correctly rounded result.
 from fractions import Fraction
 import math
 
-from hypothesis import assume, example, given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 import numpy as np
 import pytest
 
@@ -47,10 +47,10 @@ def represented(multiplier: int, shift: int) -> Fraction:
 # Real multipliers: log-uniform over the whole range, plus the regions the brief names.
 reals = st.one_of(
     st.floats(-32.0, 29.999).map(lambda e: 2.0 ** e),
-    st.floats(1e-10, 1e-8),                                   # tiny (~1e-9)
+    st.floats(3e-10, 1e-8),                                   # tiny (~1e-9)
     st.floats(1.0 - 1e-6, 1.0 + 1e-6),                        # near 1
     st.floats(1.0, 2.0 ** 20),                                # > 1 up to 2**20
-    st.sampled_from([1.0, 0.5, 1.0 - 2.0 ** -40, 2.0 ** -32, 2.0 ** 30 * (1 - 2.0 ** -52)]),
+    st.sampled_from([1.0, 0.5, 1.0 - 2.0 ** -40, 2.0 ** -32, 2.0 ** 30 * (1 - 2.0 ** -30)]),
 )
 
 
@@ -80,7 +80,7 @@ def test_quantize_multiplier_known_values_and_carry():
     # m * 2**31 = 2**31 - 2**-9 rounds up to 2**31: halve it and bump the shift
     assert fp.quantize_multiplier(1.0 - 2.0 ** -40) == (1 << 30, 1)
     # exact tie m * 2**31 = k + 1/2 rounds away from zero
-    assert fp.quantize_multiplier(0.5 + 2.0 ** -33) == ((1 << 30) + 1, 0)
+    assert fp.quantize_multiplier(0.5 + 2.0 ** -32) == ((1 << 30) + 1, 0)
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.0, -1.0, float("nan"), float("inf"), -float("inf"),
@@ -99,7 +99,7 @@ def test_quantize_multiplier_rejects(bad):
 @example(-1, 1 << 30)           # -1/2: tie toward +inf -> 0
 @example(-3, 1 << 30)           # -3/2 -> -1
 @example(INT32_MIN, INT32_MAX)
-@settings(max_examples=1000)
+@settings(max_examples=500)
 def test_srdhm_is_floor_of_half_up(a, b):
     result = fp.saturating_rounding_doubling_high_mul(a, b)
     if a == b == INT32_MIN:
@@ -135,7 +135,7 @@ def test_srdhm_rejects_non_int32(a, b):
 @example(INT32_MIN, 31)
 @example(INT32_MAX, 31)
 @example(-(1 << 30), 31)
-@settings(max_examples=1000)
+@settings(max_examples=500)
 def test_rounding_divide_by_pot_is_round_half_away(x, exponent):
     assert fp.rounding_divide_by_pot(x, exponent) == round_half_away(Fraction(x, 1 << exponent))
 
@@ -177,7 +177,7 @@ def expected_mbqm(x: int, multiplier: int, shift: int) -> tuple[int, Fraction]:
 
 
 @given(st.data(), reals)
-@settings(max_examples=1500)
+@settings(max_examples=800)
 def test_mbqm_against_exact_rationals(data, real):
     multiplier, shift = fp.quantize_multiplier(real)
     left = max(shift, 0)
@@ -198,7 +198,11 @@ def test_mbqm_double_rounding_cases():
     # 1 * 0.5 * 2**-1 = 0.25, but SQRDMULH gives 1 (1/2 up) and the shift rounds 1/2 away: 1
     assert fp.multiply_by_quantized_multiplier(1, 1 << 30, -1) == 1
     assert expected_mbqm(1, 1 << 30, -1)[0] == 1
-    assert fp.multiply_by_quantized_multiplier(-1, 1 << 30, -1) == -1   # -0.25 -> -1
+    # -1 * 0.5 / 2 = -0.25: SQRDMULH rounds -1/2 up to 0, so no error on this side ...
+    assert fp.multiply_by_quantized_multiplier(-1, 1 << 30, -1) == 0
+    # ... but -1 * 0.75 / 2 = -0.375: SQRDMULH gives -1, the shift rounds -1/2 away: -1
+    assert fp.multiply_by_quantized_multiplier(-1, 3 << 29, -1) == -1
+    assert expected_mbqm(-1, 3 << 29, -1)[0] == -1
     # negative tie without a right shift rounds toward +inf: -1 * 0.5 = -0.5 -> 0
     assert fp.multiply_by_quantized_multiplier(-1, 1 << 30, 0) == 0
     # exact ties with a right shift round away from zero: 6 * 0.5 / 4 = 0.75 ... 12 * 0.5 / 4
@@ -327,9 +331,11 @@ def test_requantize_is_close_to_real_arithmetic():
     rng = np.random.default_rng(1)
     acc = rng.integers(-(1 << 20), 1 << 20, size=1000).astype(np.int32)
     real = 0.0123456
+    assert fp.quantize_multiplier(real)[1] == -6
     got = fp.requantize(acc, real, -3, -128, 127).astype(np.int64)
     ideal = np.clip(acc * real - 3, -128, 127)
-    assert np.max(np.abs(got - ideal)) <= 0.5 + 1e-6
+    # rounding 1/2 + double rounding 2**-(6+1) + representation error (< 1e-6 here)
+    assert np.max(np.abs(got - ideal)) <= 0.5 + 2.0 ** -7 + 1e-6
 
 
 @pytest.mark.parametrize("kwargs", [dict(zero_point=200), dict(qmin=5, qmax=4),

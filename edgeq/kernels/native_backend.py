@@ -1,0 +1,270 @@
+"""The native backend: C kernels from the cffi extension ``edgeq._native`` (native/*.c).
+
+Importing this module registers the C kernels into the op table; an ImportError (extension not
+built) means "native backend not available". The C side reads every layout in place and
+picks a SIMD variant at run time (scalar, avx2, avx512, neon, neon_dotprod); the environment
+variable EDGEQ_SIMD=<variant> forces one.
+
+Everything the C code will touch is validated here first: component dtypes, shapes against the
+QTensor spec, C-contiguity, block sizes, so a kernel never reads or writes outside its
+buffers. Bad input raises FormatError (a weight component) or ValueError (an argument).
+When the reference's int32 accumulator bound fails, the call goes to the numpy reference.
+"""
+
+import os
+import weakref
+
+import numpy as np
+
+from edgeq._native import ffi, lib
+from edgeq.errors import FormatError, UnsupportedError
+from edgeq.kernels import backends
+from edgeq.kernels import numpy_backend
+from edgeq.kernels import reference as ref
+from edgeq.kernels.table import WEIGHT_KINDS, register, weight_kind
+from edgeq.qtypes import QTensor
+
+NAME = "native"
+#: weight kind -> enum eq_kind in native/edgeq_native.h
+KIND_IDS = {"int8": 0, "int8_asym": 1, "int4": 2, "int4_asym": 3, "ternary_2bit": 4,
+            "ternary_base3": 5, "binary": 6, "pow2": 7}
+_STATUS = {-1: (ValueError, "rejected its arguments"), -2: (MemoryError, "ran out of memory"),
+           -3: (RuntimeError, "could not start a thread")}
+
+if lib.eq_qmatrix_size() != ffi.sizeof("eq_qmatrix"):
+    raise ImportError("edgeq._native was built from a different edgeq_native.h; rebuild it")
+
+
+def variants() -> list[str]:
+    """SIMD variants this CPU supports, worst first ("scalar" is always there)."""
+    return ffi.string(lib.eq_variants()).decode().split()
+
+
+def simd_variant() -> str:
+    """The SIMD variant the kernels use now."""
+    return ffi.string(lib.eq_variant()).decode()
+
+
+def use_variant(name: str) -> None:
+    """Switch every kernel to SIMD variant `name` (for tests and benchmarks)."""
+    status = lib.eq_select_variant(name.encode())
+    if status == -1:
+        raise UnsupportedError(f"unknown SIMD variant {name!r}; this CPU has {', '.join(variants())}")
+    if status == -2:
+        raise UnsupportedError(f"SIMD variant {name!r} is not supported by this CPU "
+                               f"(it has {', '.join(variants())})")
+
+
+_forced = os.environ.get("EDGEQ_SIMD")
+if _forced:
+    try:
+        use_variant(_forced)
+    except UnsupportedError as e:
+        raise ImportError(f"EDGEQ_SIMD={_forced}: {e}") from None
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        error, text = _STATUS.get(status, (RuntimeError, f"failed with status {status}"))
+        raise error(f"native {what} {text}")
+
+
+def _array(a, dtype, shape: tuple, what: str, error=ValueError) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise error(f"{what} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype or tuple(a.shape) != tuple(shape):
+        raise error(f"{what} is {a.dtype}{tuple(a.shape)}, expected {np.dtype(dtype)}{tuple(shape)}")
+    if not a.flags.c_contiguous:
+        raise error(f"{what} must be C-contiguous")
+    return a
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# ---- weights -------------------------------------------------------------------------------
+
+class _Matrix:
+    """A validated QTensor as the C struct, holding the buffers it points into."""
+
+    def __init__(self, qt: QTensor):
+        if not isinstance(qt, QTensor):
+            raise ValueError(f"expected a QTensor, got {type(qt).__name__}")
+        spec, layout = qt.spec, qt.layout
+        where = f"{weight_kind(spec)} weight {qt.shape}"  # not repr(qt): it reads the arrays
+        try:
+            layout.check_shape(spec, qt.shape)
+            expected = layout.components(spec, qt.shape)
+        except ValueError as e:
+            raise FormatError(f"{where}: {e}") from None
+        if not spec.symmetric and not layout.supports_asymmetric:
+            raise FormatError(f"{where}: {spec.qtype} has no asymmetric form")
+        if set(qt.data) != set(expected):
+            raise FormatError(f"{where}: components {sorted(qt.data)}, expected {sorted(expected)}")
+        self.arrays = {name: _array(qt.data[name], dtype, shape, f"{where} component {name!r}",
+                                    FormatError)
+                       for name, (dtype, shape) in expected.items()}
+        self.kind = weight_kind(spec)
+        rows, k = qt.shape
+        w = ffi.new("eq_qmatrix *")
+        w.kind = KIND_IDS[self.kind]
+        w.rows, w.k = rows, k
+        w.pack_group = spec.group_size if spec.granularity == "group" else k
+        w.row_bytes = self.arrays["codes"].shape[1]
+        w.scale_block = qt.scale_block
+        scales = self.arrays["scales"]
+        w.scale_rows = scales.shape[0]
+        w.scale_f16 = scales.dtype == np.float16
+        self._keep = [ffi.from_buffer("uint8_t[]", self.arrays["codes"]),
+                      ffi.from_buffer("char[]", scales)]
+        w.codes, w.scales = self._keep
+        if "mins" in self.arrays:
+            self._keep.append(ffi.from_buffer("uint16_t[]", self.arrays["mins"].view(np.uint16)))
+            w.mins = self._keep[-1]
+        if "zeros" in self.arrays:
+            self._keep.append(ffi.from_buffer("uint8_t[]", self.arrays["zeros"]))
+            w.zeros = self._keep[-1]
+        self.ptr = w
+        self.max_abs_code = layout.max_abs_code(spec)
+        self.scale_block = qt.scale_block
+        self.block_sums_fn = getattr(lib, f"eq_block_sums_{self.kind}_q8")
+        self.vec_dot_fn = getattr(lib, f"eq_vec_dot_{self.kind}_q8")
+        self.gemm_fn = getattr(lib, f"eq_gemm_{self.kind}_q8")
+        self._fits: dict[int, bool] = {}
+
+    def fits_int32(self, sub: int) -> bool:
+        """The reference's int32 bound for sub-blocks of `sub` codes (cached per sub)."""
+        fits = self._fits.get(sub)
+        if fits is None:
+            fits = self._fits[sub] = ref.accumulator_dtype(sub, self.max_abs_code) == np.int32
+        return fits
+
+    def still_matches(self, qt: QTensor) -> bool:
+        return all(qt.data.get(name) is a for name, a in self.arrays.items()) and \
+            len(qt.data) == len(self.arrays)
+
+
+#: QTensor -> its validated struct; weights are validated once, not on every call
+_matrices: "weakref.WeakKeyDictionary[QTensor, _Matrix]" = weakref.WeakKeyDictionary()
+
+
+def _matrix(qt: QTensor) -> _Matrix:
+    try:
+        cached = _matrices.get(qt)
+    except TypeError:
+        cached = None
+    if cached is not None and cached.still_matches(qt):
+        return cached
+    matrix = _Matrix(qt)
+    try:
+        _matrices[qt] = matrix
+    except TypeError:  # not weak-referenceable: validate every call
+        pass
+    return matrix
+
+
+def _activations(xq, k: int) -> np.ndarray:
+    if not isinstance(xq, np.ndarray) or xq.ndim != 2:
+        raise ValueError(f"quantized activations must be a 2-D int8 array, got "
+                         f"{getattr(xq, 'shape', type(xq).__name__)}")
+    return _array(xq, np.int8, (xq.shape[0], k), "quantized activations")
+
+
+# ---- kernels --------------------------------------------------------------------------------
+
+def quantize_act(x, block):
+    """float32 (m, k) -> int8 (m, k), float32 (m, k/block): the reference rule, in C."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise ValueError(f"activations must be a 2-D float32 array, got {getattr(x, 'shape', type(x))}")
+    m, k = x.shape
+    _array(x, np.float32, (m, k), "activations")
+    block = _positive_int(block, "block")
+    if k % block:
+        raise ValueError(f"block {block} does not divide the row length {k}")
+    q = np.empty((m, k), dtype=np.int8)
+    scales = np.empty((m, k // block), dtype=np.float32)
+    if m == 0:
+        return q, scales
+    if not np.isfinite(x).all():
+        raise ValueError("activations contain NaN or inf")
+    _check(lib.eq_quantize_q8(ffi.from_buffer("float[]", x), m, k, block,
+                              ffi.from_buffer("int8_t[]", q), ffi.from_buffer("float[]", scales)),
+           "quantize_act")
+    return q, scales
+
+
+def block_sums(qt, xq, sub_block):
+    """Integer sums per sub-block: int32 (m, n, k/sub_block)."""
+    matrix = _matrix(qt)
+    n, k = qt.shape
+    xq = _activations(xq, k)
+    sub = _positive_int(sub_block, "sub_block")
+    if k % sub:
+        raise ValueError(f"sub_block {sub} does not divide the row length {k}")
+    if not matrix.fits_int32(sub):
+        return numpy_backend.block_sums(qt, xq, sub)
+    m = xq.shape[0]
+    out = np.empty((m, n, k // sub), dtype=np.int32)
+    if m == 0:
+        return out
+    _check(matrix.block_sums_fn(matrix.ptr, ffi.from_buffer("int8_t[]", xq), m, sub,
+              ffi.from_buffer("int32_t[]", out), backends.threads()), "block_sums")
+    return out
+
+
+def matmul(qt, xq, xs, act_block):
+    """float32 (m, n): block sums with weight and activation scales applied (GEMV for m = 1)."""
+    matrix = _matrix(qt)
+    n, k = qt.shape
+    xq = _activations(xq, k)
+    act_block = _positive_int(act_block, "act_block")
+    if k % act_block:
+        raise ValueError(f"act_block {act_block} does not divide the row length {k}")
+    m = xq.shape[0]
+    xs = _array(xs, np.float32, (m, k // act_block), "activation scales")
+    sub = ref.sub_block_size(matrix.scale_block, act_block)
+    if not matrix.fits_int32(sub):
+        return numpy_backend.matmul(qt, xq, xs, act_block)
+    out = np.empty((m, n), dtype=np.float32)
+    if m == 0:
+        return out
+    xq_p, xs_p, out_p = (ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xs),
+                         ffi.from_buffer("float[]", out))
+    if m == 1:
+        status = matrix.vec_dot_fn(matrix.ptr, xq_p, xs_p, act_block, out_p, backends.threads())
+    else:
+        status = matrix.gemm_fn(matrix.ptr, xq_p, xs_p, m, act_block, out_p, backends.threads())
+    _check(status, "matmul")
+    return out
+
+
+def xnor(w_bits, x_bits, k):
+    """Sign-vector dot products k - 2 popcount(w XOR x): int32 (m, n)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    kb = -(-int(k) // 8)
+    for what, a in (("weight bits", w_bits), ("activation bits", x_bits)):
+        if not isinstance(a, np.ndarray) or a.ndim != 2:
+            raise ValueError(f"{what} must be a 2-D uint8 array")
+    w_bits = _array(w_bits, np.uint8, (w_bits.shape[0], kb), "weight bits")
+    x_bits = _array(x_bits, np.uint8, (x_bits.shape[0], kb), "activation bits")
+    n, m = w_bits.shape[0], x_bits.shape[0]
+    out = np.empty((m, n), dtype=np.int32)
+    if m == 0 or n == 0:
+        return out
+    _check(lib.eq_xnor_gemm_binary(ffi.from_buffer("uint8_t[]", w_bits), n,
+                                   ffi.from_buffer("uint8_t[]", x_bits), m, kb, int(k),
+                                   ffi.from_buffer("int32_t[]", out), backends.threads()),
+           "xnor")
+    return out
+
+
+register("quantize_act", "*", NAME)(quantize_act)
+register("xnor", "binary", NAME)(xnor)
+for _kind in WEIGHT_KINDS:
+    if _kind in KIND_IDS:
+        register("block_sums", _kind, NAME)(block_sums)
+        register("matmul", _kind, NAME)(matmul)

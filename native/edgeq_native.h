@@ -1,0 +1,182 @@
+/* edgeq native kernels: the C mirror of edgeq/qtypes layouts and the public API.
+ *
+ * Layouts (each mirrors the docstring of its edgeq/qtypes module; rows are packed one after
+ * another, row r of the codes starts at codes + r * row_bytes):
+ *
+ *   kind            codes per row            code value c of code j
+ *   int8            int8[k]                  c = codes[j]                       (-128..127)
+ *   int8_asym       uint8[k]                 c = codes[j] - zero(group of j)    (-255..255)
+ *   int4(_asym)     uint8[k/2], groups of G  byte b of a group: code b in bits 0-3,
+ *                                            code b + G/2 in bits 4-7; c = n - 8 (sym) or n
+ *   ternary_2bit    uint8[k/4], groups of P  byte b: codes b + l*P/4 in bits 2l..2l+1; c = t - 1
+ *   ternary_base3   uint8[k/P * ceil(P/5)]   byte b: codes b + l*S (S = ceil(P/5)), trit
+ *                                            l = ((byte * 3^l) mod 256) * 3 >> 8; c = t - 1
+ *   binary          uint8[ceil(k/8)]         bit j%8 of byte j/8 (LSB first); c = 2 bit - 1
+ *   pow2            uint8[k/2], like int4    c = POW2_VALUES[nibble]
+ *   (P, the packing group, is the scale group for "group" granularity, else the row length.)
+ *
+ * Scales: float32 with one per tensor or row, float16 (IEEE binary16, read as uint16) per
+ * group; mins (int4_asym) float16 per group; zeros (int8_asym) uint8, indexed like scales.
+ *
+ * How every kernel computes (the integer rules are edgeq/kernels/reference.py):
+ *   1. a weight row is decoded into unsigned bytes u = (c + OFFSET) / MULT (table below), so a
+ *      single unsigned-by-signed byte dot product serves every layout;
+ *   2. per sub-block s: raw = sum u * q (exact modulo 2^32), then
+ *      isum = MULT * raw - OFFSET * sum(q)   (int8_asym: OFFSET is the group's zero point);
+ *   3. matmul: y = sum_s float(isum) * (ws * xs)  [+ sum_s float(sum q) * (wm * xs)], float32,
+ *      summed in order and without FMA contraction, so every SIMD variant gives the same bits.
+ * Integer sums wrap modulo 2^32 exactly like the reference's int64 -> int32 cast; the Python
+ * side only calls these kernels when the reference's int32 bound holds.
+ */
+#ifndef EDGEQ_NATIVE_H
+#define EDGEQ_NATIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum eq_kind {
+    EQ_INT8 = 0,
+    EQ_INT8_ASYM = 1,
+    EQ_INT4 = 2,
+    EQ_INT4_ASYM = 3,
+    EQ_TERNARY_2BIT = 4,
+    EQ_TERNARY_BASE3 = 5,
+    EQ_BINARY = 6,
+    EQ_POW2 = 7,
+    EQ_NKINDS = 8
+};
+
+/* Error codes returned by the public functions (0 is success). */
+enum eq_status {
+    EQ_OK = 0,
+    EQ_EINVAL = -1,   /* an argument is inconsistent (the Python side checks first) */
+    EQ_ENOMEM = -2,   /* scratch allocation failed */
+    EQ_ETHREAD = -3   /* pthread_create failed */
+};
+
+/* A quantized (rows, k) weight matrix, read in place. */
+typedef struct {
+    int32_t kind;         /* enum eq_kind */
+    int32_t scale_f16;    /* 1: scales/mins are float16 (uint16 bits), 0: float32 */
+    int64_t rows;         /* n, output features */
+    int64_t k;            /* in features */
+    int64_t pack_group;   /* P: codes per packing group (int4, pow2, ternary); k otherwise */
+    int64_t row_bytes;    /* bytes of codes per row */
+    int64_t scale_block;  /* codes per scale along k (k for tensor/row granularity) */
+    int64_t scale_rows;   /* 1 (tensor) or rows */
+    const uint8_t *codes; /* rows * row_bytes */
+    const void *scales;   /* scale_rows * (k / scale_block) float32 or uint16 */
+    const uint16_t *mins; /* int4_asym: rows * (k / scale_block) float16, else NULL */
+    const uint8_t *zeros; /* int8_asym: like scales, else NULL */
+} eq_qmatrix;
+_Static_assert(sizeof(eq_qmatrix) == 8 + 6 * 8 + 4 * sizeof(void *), "eq_qmatrix has no padding");
+
+/* Bytes of codes per row (P: packing group), as in each layout's components(). */
+#define EQ_ROW_BYTES_INT8(k) (k)
+#define EQ_ROW_BYTES_NIBBLES(k) ((k) / 2)
+#define EQ_ROW_BYTES_2BIT(k) ((k) / 4)
+#define EQ_BASE3_BYTES_PER_GROUP(p) (((p) + 4) / 5)
+#define EQ_ROW_BYTES_BASE3(k, p) ((k) / (p) * EQ_BASE3_BYTES_PER_GROUP(p))
+#define EQ_ROW_BYTES_BITS(k) (((k) + 7) / 8)
+
+/* The codes of one default-size group (scales live in their own array, not interleaved as
+ * in ggml): sizes must match the Python layouts' components(). */
+typedef struct { uint8_t qs[16]; } eq_group_int4_32;      /* + f16 scale: 4.5 bits/weight */
+typedef struct { int8_t qs[32]; } eq_group_int8_32;       /* + f16 scale: 8.5 bits/weight */
+typedef struct { uint8_t qs[16]; } eq_group_ternary2_64;  /* + f16 scale: 2.25 bits/weight */
+typedef struct { uint8_t qs[13]; } eq_group_ternary3_64;  /* + f16 scale: 1.875 bits/weight */
+typedef struct { uint8_t qs[16]; } eq_group_pow2_32;      /* + f16 scale: 4.5 bits/weight */
+_Static_assert(sizeof(eq_group_int4_32) == EQ_ROW_BYTES_NIBBLES(32), "int4 group of 32");
+_Static_assert(sizeof(eq_group_int8_32) == EQ_ROW_BYTES_INT8(32), "int8 group of 32");
+_Static_assert(sizeof(eq_group_ternary2_64) == EQ_ROW_BYTES_2BIT(64), "ternary 2bit group of 64");
+_Static_assert(sizeof(eq_group_ternary3_64) == EQ_ROW_BYTES_BASE3(64, 64), "base3 group of 64");
+_Static_assert(sizeof(eq_group_pow2_32) == EQ_ROW_BYTES_NIBBLES(32), "pow2 group of 32");
+_Static_assert(EQ_ROW_BYTES_BITS(9) == 2, "binary rows round up to whole bytes");
+
+/* Decoded-byte offsets: c = MULT * u - OFFSET (int8_asym: OFFSET = zero point). */
+#define EQ_OFFSET_INT8 128
+#define EQ_OFFSET_INT4 8
+#define EQ_OFFSET_TERNARY 1
+#define EQ_OFFSET_BINARY 1
+#define EQ_OFFSET_POW2 64
+
+/* pow2 nibble -> integer weight value (edgeq.qtypes.pow2.CODE_VALUES). */
+extern const int8_t EQ_POW2_VALUES[16];
+
+/* ---- per-ISA primitives: the dispatch table ------------------------------------------- */
+/* Decoders write u for codes [0, k) of one row into out (k bytes). */
+typedef void (*eq_decode_fn)(const uint8_t *row, int64_t k, int64_t pack_group, uint8_t *out);
+/* out[s] = sum_{j in sub-block s} u[j] * x[j] modulo 2^32; xsum[s] = sum x over the sub-block
+ * (given for ISAs that compute with u ^ 0x80); wide = 1 when u may exceed 128. */
+typedef void (*eq_dot_fn)(const uint8_t *u, const int8_t *x, int64_t k, int64_t sub,
+                          const int32_t *xsum, int wide, int32_t *out);
+typedef void (*eq_quant_fn)(const float *x, int64_t n, int8_t *q, float *scale);
+typedef void (*eq_halves_fn)(const uint16_t *h, int64_t n, float *out);
+typedef uint64_t (*eq_popxor_fn)(const uint8_t *a, const uint8_t *b, int64_t nbytes);
+
+typedef struct {
+    const char *name;
+    eq_decode_fn decode[EQ_NKINDS];
+    eq_dot_fn dot;
+    eq_quant_fn quantize_block;  /* one activation block: scale = absmax/127, q = rint(x/s) */
+    eq_halves_fn halves_to_float;
+    eq_popxor_fn popcount_xor;
+} eq_simd_table;
+
+/* Each variant's table (defined only where its file is compiled). */
+extern const eq_simd_table eq_table_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const eq_simd_table eq_table_avx2;
+extern const eq_simd_table eq_table_avx512;
+#endif
+#if defined(__aarch64__)
+extern const eq_simd_table eq_table_neon;
+extern const eq_simd_table eq_table_neon_dotprod;
+#endif
+
+/* Scalar building blocks that SIMD files reuse for tails and rare shapes. */
+void eq_decode_scalar(int kind, const uint8_t *row, int64_t k, int64_t pack_group, uint8_t *out);
+void eq_dot_scalar(const uint8_t *u, const int8_t *x, int64_t k, int64_t sub,
+                   const int32_t *xsum, int wide, int32_t *out);
+void eq_quantize_block_scalar(const float *x, int64_t n, int8_t *q, float *scale);
+float eq_half_to_float(uint16_t h);
+uint64_t eq_popcount_xor_scalar(const uint8_t *a, const uint8_t *b, int64_t nbytes);
+
+/* ---- dispatch ---------------------------------------------------------------------------- */
+/* The table in use: the best this CPU supports, or EDGEQ_SIMD's choice. */
+const eq_simd_table *eq_simd(void);
+/* Name of the variant in use. */
+const char *eq_variant(void);
+/* Space-separated names of the variants this CPU supports, best last. */
+const char *eq_variants(void);
+/* Use variant `name`: 0 ok, -1 unknown name, -2 not supported by this CPU. */
+int eq_select_variant(const char *name);
+
+/* ---- public kernels (one per operation and weight kind; _q8: int8 activations) ---------- */
+/* q (m, k) int8 and scales (m, k/block) float32; block divides k. */
+int eq_quantize_q8(const float *x, int64_t m, int64_t k, int64_t block, int8_t *q, float *scales);
+
+#define EQ_DECLARE_KIND(name)                                                                  \
+    int eq_block_sums_##name##_q8(const eq_qmatrix *w, const int8_t *xq, int64_t m,           \
+                                  int64_t sub, int32_t *out, int32_t threads);                 \
+    int eq_vec_dot_##name##_q8(const eq_qmatrix *w, const int8_t *xq, const float *xs,        \
+                               int64_t act_block, float *out, int32_t threads);               \
+    int eq_gemm_##name##_q8(const eq_qmatrix *w, const int8_t *xq, const float *xs, int64_t m, \
+                            int64_t act_block, float *out, int32_t threads);
+EQ_DECLARE_KIND(int8)
+EQ_DECLARE_KIND(int8_asym)
+EQ_DECLARE_KIND(int4)
+EQ_DECLARE_KIND(int4_asym)
+EQ_DECLARE_KIND(ternary_2bit)
+EQ_DECLARE_KIND(ternary_base3)
+EQ_DECLARE_KIND(binary)
+EQ_DECLARE_KIND(pow2)
+
+/* out (m, n) int32 = k - 2 popcount(w XOR x) over kb bytes per row. */
+int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m, int64_t kb,
+                        int64_t k, int32_t *out, int32_t threads);
+
+/* sizeof(eq_qmatrix), for the Python side's layout check. */
+size_t eq_qmatrix_size(void);
+
+#endif
