@@ -6,7 +6,7 @@ Layout (all integers little-endian):
     0       8     magic b"EDGEQ\\x00PK"
     8       2     major version (readers reject other majors)
     10      2     minor version (additions only)
-    12      4     reserved, 0
+    12      4     reserved, 0 (readers reject anything else)
     16      8     header length H in bytes
     24      H     header: UTF-8 JSON object
     D       ...   data; D = 24 + H rounded up to 64. Every blob starts at a multiple of 64
@@ -58,19 +58,23 @@ class PackedWriter:
 
     def __init__(self, path, *, config=None, tokenizer=None, metadata=None):
         self.path = Path(path)
+        for field, value in (("config", config), ("tokenizer", tokenizer)):
+            if value is not None and not isinstance(value, dict):  # the reader accepts only these
+                raise TypeError(f"{field} must be a dict or None, not {type(value).__name__}")
         self.config, self.tokenizer, self.metadata = config, tokenizer, dict(metadata or {})
         self.entries: dict[str, dict] = {}
         self._spill = tempfile.TemporaryFile(dir=self.path.parent or ".", prefix=".edgeq-blobs-")
         self._size = 0
 
     def _blob(self, array: np.ndarray) -> dict:
+        shape = list(np.shape(array))  # ascontiguousarray turns a 0-d array into shape (1,)
         array = np.ascontiguousarray(array)
         pad = _align(self._size) - self._size
         self._spill.write(b"\0" * pad)
         offset = self._size + pad
         self._spill.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
         self._size = offset + array.nbytes
-        return {"dtype": array.dtype.name, "shape": list(array.shape), "offset": offset,
+        return {"dtype": array.dtype.name, "shape": shape, "offset": offset,
                 "nbytes": int(array.nbytes)}
 
     def add(self, name: str, tensor) -> None:
@@ -88,21 +92,22 @@ class PackedWriter:
         self.entries[name] = entry
 
     def close(self) -> None:
-        header = json.dumps({"config": self.config, "tokenizer": self.tokenizer,
-                             "metadata": self.metadata, "tensors": self.entries},
-                            separators=(",", ":")).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent or ".", prefix=f".{self.path.name}.")
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(PREAMBLE.pack(MAGIC, MAJOR, MINOR, 0, len(header)))
-                out.write(header)
-                out.write(b"\0" * (_align(PREAMBLE.size + len(header)) - PREAMBLE.size - len(header)))
-                self._spill.seek(0)
-                shutil.copyfileobj(self._spill, out, 1 << 22)
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+            header = json.dumps({"config": self.config, "tokenizer": self.tokenizer,
+                                 "metadata": self.metadata, "tensors": self.entries},
+                                separators=(",", ":")).encode()
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent or ".", prefix=f".{self.path.name}.")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(PREAMBLE.pack(MAGIC, MAJOR, MINOR, 0, len(header)))
+                    out.write(header)
+                    out.write(b"\0" * (_align(PREAMBLE.size + len(header)) - PREAMBLE.size - len(header)))
+                    self._spill.seek(0)
+                    shutil.copyfileobj(self._spill, out, 1 << 22)
+                os.replace(tmp, self.path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
         finally:
             self._spill.close()
 
@@ -137,17 +142,21 @@ class PackedFile(Mapping):
             if size < PREAMBLE.size:
                 self._fail("preamble", f"at least {PREAMBLE.size} bytes, the file has {size}")
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        magic, major, minor, _, header_len = PREAMBLE.unpack_from(self._map, 0)
+        magic, major, minor, reserved, header_len = PREAMBLE.unpack_from(self._map, 0)
         if magic != MAGIC:
             self._fail("magic", f"{MAGIC!r}, found {magic!r}")
         if major != MAJOR:
             raise UnsupportedError(f"{self.path}: format version {major}.{minor}; this edgeq reads {MAJOR}.x")
+        if reserved != 0:
+            self._fail("reserved field", f"0, found {reserved}")
         if header_len > min(size - PREAMBLE.size, MAX_HEADER_BYTES):
             self._fail("header length", f"at most {size - PREAMBLE.size} bytes, found {header_len}")
         self.version = (major, minor)
         header = self._parse_header(self._map[PREAMBLE.size:PREAMBLE.size + header_len])
         self._data_start = _align(PREAMBLE.size + header_len)
-        self._data_len = max(0, size - self._data_start)
+        if size < self._data_start:  # the writer always pads the header to the data start
+            self._fail("size", f"at least {self._data_start} bytes (header padding), the file has {size}")
+        self._data_len = size - self._data_start
         self.config = header.get("config")
         self.tokenizer = header.get("tokenizer")
         self.metadata = header.get("metadata") or {}
@@ -169,7 +178,7 @@ class PackedFile(Mapping):
     def _parse_header(self, raw: bytes) -> dict:
         try:
             header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, ints of over 4300 digits
             self._fail("header", f"UTF-8 JSON ({type(e).__name__}: {str(e)[:80]})")
         if not isinstance(header, dict):
             self._fail("header", "a JSON object")
@@ -216,8 +225,12 @@ class PackedFile(Mapping):
         arrays = {}
         for part, c in entry["components"].items():
             dtype, shape, offset, nbytes = self._component(name, part, c)
-            arrays[part] = np.frombuffer(self._map, dtype=dtype.newbyteorder("<"), count=_prod(shape),
-                                         offset=self._data_start + offset).reshape(shape)
+            flat = np.frombuffer(self._map, dtype=dtype.newbyteorder("<"), count=_prod(shape),
+                                 offset=self._data_start + offset)
+            try:
+                arrays[part] = flat.reshape(shape)
+            except ValueError as e:  # empty but with more dimensions, or larger ones, than numpy has
+                self._fail(f"tensor {name!r} component {part!r} shape", f"a numpy shape ({e})")
         shape = _int_list(entry.get("shape"))
         if shape is None:
             self._fail(f"tensor {name!r} shape", "a list of non-negative integers")

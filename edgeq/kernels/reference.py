@@ -7,7 +7,8 @@ Integer rules (written once, here):
   never change another row's scales.
 - A weight (rows, k) with one scale per G codes and activations with one scale per B values
   are multiplied in sub-blocks of b = gcd(G, B) codes: each sub-block's integer sum
-  sum(c * q) is exact in int32 while b * max|c| * 127 < 2**31 (checked; int64 beyond).
+  sum(c * q) is exact in int32 while b * max|c| * 128 <= 2**31 - 1 (128 = |-128|: an int8
+  activation handed in from outside may hold -128; accumulator_dtype checks, int64 beyond).
 - Scale-min layouts (int4 asymmetric: w = d*c + m) also need sum(q) per sub-block.
 - The float result is y[i, n] = sum over sub-blocks of float32(isum) * (ws * xs)
   (+ float32(qsum) * (wm * xs)), in float32.

@@ -176,9 +176,13 @@ class Layout:
     def check_shape(self, spec: QuantSpec, shape: tuple[int, int]) -> None:
         """Raise ValueError when `shape` cannot hold this spec (row length vs group size)."""
         rows, k = shape
+        if rows <= 0 or k <= 0:
+            raise ValueError(f"{self.name}: shape {tuple(shape)} has no weights")
         if spec.granularity not in self.granularities or spec.packing not in self.packings:
             raise UnsupportedError(f"{self.name} has no {spec.granularity!r} granularity "
                                    f"with packing {spec.packing!r}")
+        if not spec.symmetric and not self.supports_asymmetric:
+            raise UnsupportedError(f"{self.name} has no asymmetric form")
         multiple = self.packing_multiple(spec.packing)
         if spec.granularity == "group" and (spec.group_size <= 0 or k % spec.group_size
                                             or spec.group_size % multiple):
@@ -211,7 +215,8 @@ def as_matrix(w) -> np.ndarray:
         raise ValueError(f"expected a non-empty 2-D weight matrix, got shape {w.shape}")
     if not np.issubdtype(w.dtype, np.floating) and not np.issubdtype(w.dtype, np.integer):
         raise ValueError(f"expected a float matrix, got dtype {w.dtype}")
-    w = w.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, reported below
+        w = w.astype(np.float32, copy=False)
     if not np.isfinite(w).all():
         bad = np.argwhere(~np.isfinite(w))[0]
         raise FormatError(f"weight matrix contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
@@ -238,7 +243,10 @@ def quantize(w, qtype: str, *, group_size: int | None = None, symmetric: bool = 
 def from_components(spec: QuantSpec, shape: tuple[int, int], data: Mapping[str, np.ndarray],
                     where: str = "tensor") -> QTensor:
     """Build a QTensor from stored arrays, checking every component's dtype and shape."""
-    layout = get_layout(spec.qtype)
+    try:
+        layout = get_layout(spec.qtype)
+    except UnsupportedError as e:
+        raise UnsupportedError(f"{where}: {e}") from None
     try:
         layout.check_shape(spec, shape)
         expected = layout.components(spec, shape)

@@ -28,7 +28,8 @@ class Binary(Layout):
                 "scales": (np.dtype(np.float32), (rows, 1))}
 
     def quantize(self, w, spec: QuantSpec, **options):
-        scales = storable_scale(np.abs(w).mean(axis=1, keepdims=True), np.float32)
+        # float64: a float32 sum overflows for rows of weights near the float32 maximum
+        scales = storable_scale(np.abs(w).mean(axis=1, keepdims=True, dtype=np.float64), np.float32)
         return {"codes": pack_bits(w >= 0), "scales": scales}
 
     def int_codes(self, qt: QTensor):

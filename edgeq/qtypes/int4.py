@@ -24,7 +24,8 @@ from edgeq.qtypes.scales import divide_or_zero, grouped, storable_scale, symmetr
 
 
 def round_down_f16(x: np.ndarray) -> np.ndarray:
-    stored = x.astype(np.float16)
+    with np.errstate(over="ignore"):  # -inf mins make the scale inf, which storable_scale reports
+        stored = x.astype(np.float16)
     high = stored.astype(np.float32) > x
     stored[high] = np.nextafter(stored[high], np.float16(-np.inf))
     return stored

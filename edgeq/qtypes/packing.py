@@ -8,7 +8,8 @@ so that a SIMD or Numba kernel unpacks a contiguous run with one shift and one m
     nibbles (4 bits, 2 per byte):   byte j of a group holds code j (bits 0-3)
                                     and code j + G/2 (bits 4-7)
     crumbs  (2 bits, 4 per byte):   byte j holds codes j + l*G/4 in bits 2l..2l+1, l = 0..3
-    base-3  (5 trits per byte):     byte j holds trits j + l*S, S = ceil(G/5), l = 0..4
+    base-3  (5 trits per byte):     byte j holds trits j + l*S, S = ceil(G/5), l = 0..4;
+                                    positions j + l*S >= G hold trit 1 (code 0)
     bits    (1 bit, 8 per byte):    bit i of byte j holds code 8j + i (least significant first)
 
 Codes handed to the packers are already unsigned (offset applied by the caller).

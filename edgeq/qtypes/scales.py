@@ -20,13 +20,14 @@ def grouped(w: np.ndarray, spec) -> np.ndarray:
 
 def storable_scale(scale: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round scales to `dtype`, never downwards, so scale * qmax still covers the group."""
-    stored = scale.astype(dtype)
+    with np.errstate(over="ignore"):  # an overflow to inf is reported below
+        stored = scale.astype(dtype)
     low = stored.astype(np.float32) < scale
     if low.any():
         stored[low] = np.nextafter(stored[low], np.array(np.inf, dtype=dtype))
     if not np.isfinite(stored).all():
-        raise ValueError(f"weights too large for {np.dtype(dtype).name} scales; "
-                         f"use granularity='row'")
+        hint = "; use granularity='row' (float32 scales)" if np.dtype(dtype) == np.float16 else ""
+        raise ValueError(f"weights too large for {np.dtype(dtype).name} scales{hint}")
     return stored
 
 

@@ -53,7 +53,8 @@ class Ternary(Layout):
 
     def quantize(self, w, spec: QuantSpec, **options):
         g = grouped(w, spec)
-        scales = storable_scale(np.abs(g).mean(axis=2), spec.scale_dtype())
+        # float64: a float32 sum overflows for rows of weights near the float32 maximum
+        scales = storable_scale(np.abs(g).mean(axis=2, dtype=np.float64), spec.scale_dtype())
         trits = (np.clip(np.rint(divide_or_zero(g, scales)), -1, 1) + 1).astype(np.uint8)
         trits = trits.reshape(w.shape)
         group = packing_group(spec, w.shape[1])
