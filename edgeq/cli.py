@@ -1,12 +1,18 @@
-"""The `edgeq` command line. Each sub-command is a small function; argparse does the rest."""
+"""The `edgeq` command line. Each sub-command is a small function; argparse does the rest.
+
+Heavy modules are imported inside the commands so that `edgeq --help` stays instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
 from edgeq.errors import FormatError, UnsupportedError
+
+QTYPES = ("keep", "int8", "int4", "ternary", "binary", "pow2")
 
 
 def cmd_inspect(args) -> int:
@@ -21,10 +27,158 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from edgeq.converters.convert import convert
+    options = {"qtype": args.qtype, "group_size": args.group_size, "symmetric": not args.asymmetric}
+    if args.quantize_embeddings:
+        options["quantize_embeddings"] = True
+    out = convert(args.src, args.output, **options)
+    print(f"wrote {out}")
+    return 0
+
+
+def _load_model(args):
+    import edgeq
+    options = {}
+    if getattr(args, "ctx", None):
+        options["context_length"] = args.ctx
+    return edgeq.load(args.model, **options)
+
+
+def _sampling(args) -> dict:
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "min_p": args.min_p, "repetition_penalty": args.repeat_penalty, "seed": args.seed}
+
+
+def cmd_run(args) -> int:
+    model = _load_model(args)
+    for piece in model.stream(args.prompt, max_tokens=args.n, stop=args.stop, **_sampling(args)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    model = _load_model(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print("edgeq chat: type a message, an empty line or Ctrl-D to quit.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line})
+        reply = []
+        for piece in model.chat_stream(messages, max_tokens=args.n, **_sampling(args)):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply)})
+    return 0
+
+
+def cmd_eval_ppl(args) -> int:
+    from edgeq.eval import perplexity
+    model = _load_model(args)
+    text = open(args.text, encoding="utf-8").read() if args.text else None
+    result = perplexity(model, text, window=args.window, max_tokens=args.max_tokens)
+    print(json.dumps({"tokens": result.tokens, "mean_nll": round(result.mean_nll, 6),
+                      "perplexity": round(result.ppl, 4)}))
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from edgeq.embed import embed_cli
+    embed_cli(args.model, args.texts, args.file, args.batch_size)
+    return 0
+
+
+def cmd_similarity(args) -> int:
+    from edgeq.embed import similarity_cli
+    similarity_cli(args.model, args.a, args.b)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    if args.target == "kernels":
+        from edgeq.bench_kernels import format_table, run
+        print(format_table(run(quick=args.quick)))
+        return 0
+    from edgeq.bench_llm import main as bench_model
+    return bench_model([args.target] + (["--quick"] if args.quick else []))
+
+
+def _add_sampling(p) -> None:
+    p.add_argument("-n", type=int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--ctx", type=int, default=None, help="context length (default: the model's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeq", description="Quantized models on the CPU, from Python.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what edgeq does")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("convert", help="convert a .gguf file or a Hugging Face folder into an .eqm file")
+    p.add_argument("src")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--qtype", choices=QTYPES, default=None,
+                   help="keep: exact import of quantized GGUF tensors (default for GGUF); "
+                        "otherwise quantize linear weights round-to-nearest")
+    p.add_argument("--group-size", type=int, default=None)
+    p.add_argument("--asymmetric", action="store_true", help="int8/int4 with zero points or mins")
+    p.add_argument("--quantize-embeddings", action="store_true")
+    p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("run", help="generate text from a prompt")
+    p.add_argument("model", help=".eqm or .gguf (converted once into a cache folder)")
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    _add_sampling(p)
+    p.set_defaults(run=cmd_run)
+
+    p = sub.add_parser("chat", help="interactive chat with the model's own chat template")
+    p.add_argument("model")
+    p.add_argument("--system", default=None, help="system message")
+    _add_sampling(p)
+    p.set_defaults(run=cmd_chat)
+
+    p = sub.add_parser("eval", help="evaluate a model")
+    ev = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    q = ev.add_parser("ppl", help="perplexity (default corpus: Python's pydoc topics)")
+    q.add_argument("model")
+    q.add_argument("--text", default=None, help="a UTF-8 text file")
+    q.add_argument("--window", type=int, default=256)
+    q.add_argument("--max-tokens", type=int, default=None)
+    q.add_argument("--ctx", type=int, default=None)
+    q.set_defaults(run=cmd_eval_ppl)
+
+    p = sub.add_parser("embed", help="sentence embeddings as JSON lines")
+    p.add_argument("model")
+    p.add_argument("texts", nargs="*")
+    p.add_argument("--file", default=None, help="one text per line")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(run=cmd_embed)
+
+    p = sub.add_parser("similarity", help="cosine similarity of two texts")
+    p.add_argument("model")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(run=cmd_similarity)
+
+    p = sub.add_parser("bench", help="benchmark the kernels (`edgeq bench kernels`) or a model")
+    p.add_argument("target", help="'kernels' or a model path")
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser("inspect", help="list the tensors of an .eqm file with types, sizes and totals")
     p.add_argument("file")
@@ -43,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FormatError, UnsupportedError, FileNotFoundError) as e:
         print(f"edgeq: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

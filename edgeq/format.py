@@ -47,6 +47,18 @@ DTYPES = {name: np.dtype(name) for name in
           ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float16", "float32", "float64")}
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
@@ -98,6 +110,7 @@ class PackedWriter:
                                 separators=(",", ":")).encode()
             fd, tmp = tempfile.mkstemp(dir=self.path.parent or ".", prefix=f".{self.path.name}.")
             try:
+                os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
                 with os.fdopen(fd, "wb") as out:
                     out.write(PREAMBLE.pack(MAGIC, MAJOR, MINOR, 0, len(header)))
                     out.write(header)

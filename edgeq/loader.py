@@ -1,14 +1,19 @@
 """edgeq.load: a runnable model when the file holds one, else the PackedFile."""
 
-from pathlib import Path
-
-from edgeq.format import PackedFile, open_packed
+from edgeq.cache import prepare
+from edgeq.format import open_packed
 from edgeq.models import build_model
 
 
 def load(path, **options):
-    """Open `path` (.eqm) and return the model its config names, or the PackedFile itself."""
-    packed = open_packed(Path(path))
+    """Open `path` and return the model its config names, or the PackedFile itself.
+
+    path: an .eqm file, or a .gguf file (converted once into the cache folder, see
+    edgeq.cache; conversion options such as qtype= and group_size= are passed on).
+    Other options go to the model (e.g. context_length=, backend=).
+    """
+    path, options = prepare(path, options)
+    packed = open_packed(path)
     arch = (packed.config or {}).get("architecture")
     if arch is None:
         return packed

@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: -ffp-contract=off: no fused multiply-add, so float results match the reference's operations
 COMMON_FLAGS = ["-O2", "-std=gnu11", "-ffp-contract=off"]
-PORTABLE_SOURCES = ["kernels_scalar.c", "engine.c", "dispatch.c"]
+PORTABLE_SOURCES = ["kernels_scalar.c", "engine.c", "dispatch.c", "threadpool.c"]
 _AVX2 = ["-mavx2", "-mf16c", "-mpopcnt"]
 SIMD_SOURCES = {
     "x86_64": {
@@ -50,6 +50,7 @@ const char *eq_variant(void);
 const char *eq_variants(void);
 int eq_select_variant(const char *name);
 size_t eq_qmatrix_size(void);
+int32_t eq_pool_workers(void);
 
 int eq_quantize_q8(const float *x, int64_t m, int64_t k, int64_t block, int8_t *q, float *scales);
 int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m, int64_t kb,

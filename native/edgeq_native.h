@@ -51,7 +51,7 @@ enum eq_status {
     EQ_OK = 0,
     EQ_EINVAL = -1,   /* an argument is inconsistent (the Python side checks first) */
     EQ_ENOMEM = -2,   /* scratch allocation failed */
-    EQ_ETHREAD = -3   /* pthread_create failed */
+    EQ_ENOTFINITE = -3 /* an activation to quantize is NaN or infinite */
 };
 
 /* A quantized (rows, k) weight matrix, read in place. */
@@ -114,6 +114,71 @@ typedef void (*eq_quant_fn)(const float *x, int64_t n, int8_t *q, float *scale);
 typedef void (*eq_halves_fn)(const uint16_t *h, int64_t n, float *out);
 typedef uint64_t (*eq_popxor_fn)(const uint8_t *a, const uint8_t *b, int64_t nbytes);
 
+/* ---- the fused matmul path (k and the sub-block a multiple of EQ_SLOT) ------------------
+ * Phase 1, per ISA: integer sums per slot of EQ_SLOT codes, raw[s] = sum v[j] * x[j] over
+ * slot s, modulo 2^32, where v is what the kernel multiplies (see eq_plan.adjust). The
+ * m = 1 kernels (gemv) unpack the packed row in registers; the m > 1 kernel (slots) reads
+ * bytes that are either the codes themselves (int8) or a row decoded once into scratch, and
+ * multiplies them with up to EQ_MAX_TILE activation rows per pass over the weight row.
+ * Phase 2 (combine): slots summed into sub-blocks, offsets and scales applied in the fixed
+ * float order described at the top of this file. */
+#define EQ_SLOT 32
+#define EQ_MAX_TILE 4
+/* Slack after the last slot that kernels may write in raw arrays. */
+#define EQ_RAW_PAD 8
+
+/* raw rows i < mt (stride rstride) for the k/EQ_SLOT slots of src against x rows (stride
+ * xstride); v = src byte, XOR 0x80 when flip, read unsigned on x86 and signed on NEON;
+ * wide: v may exceed 128 (matters only for ISAs whose byte product saturates). */
+typedef void (*eq_slots_fn)(const uint8_t *src, int flip, int wide, const int8_t *x,
+                            int64_t xstride, int mt, int64_t k, int32_t *raw, int64_t rstride);
+/* raw[s] for one packed row and one activation row prepared by the plan's prep. */
+typedef void (*eq_gemv_fn)(const uint8_t *row, const int8_t *xp, int64_t k, int64_t pack_group,
+                           int32_t *raw);
+/* Activations (k) rearranged into the order a gemv kernel reads (prep_bytes written). */
+typedef void (*eq_prep_fn)(const int8_t *x, int64_t k, int64_t pack_group, int8_t *xp);
+
+/* How one variant runs one matrix: chosen once per call by the table's plan function. */
+typedef struct {
+    eq_gemv_fn gemv;       /* m == 1: fused unpack + dot, or NULL to use slots */
+    eq_prep_fn prep;       /* gemv's activation order, or NULL for the natural order */
+    int64_t prep_bytes;    /* bytes per prepared activation row */
+    int decoded;           /* slots read rows decoded into scratch by the table's decoder
+                              (else the codes themselves) */
+    int flip, wide;        /* passed to slots */
+    int32_t adjust;        /* isum = mult * raw - (offset - adjust) * sum(q) */
+} eq_plan;
+/* 1 and *plan filled when the variant has a fused path for w with m activation rows. */
+typedef int (*eq_plan_fn)(const eq_qmatrix *w, int64_t m, eq_plan *plan);
+
+/* A per-(row, sub-block) quantity for a block of rows: row j, sub-block s reads
+ * p[j * row + s * sub] (sub is 0 for one value per row, else 1), as float16 bits or float32. */
+typedef struct {
+    const void *p;            /* NULL: absent (mins of symmetric layouts) */
+    int64_t row;
+    int32_t sub;
+    int32_t f16;
+} eq_rowvals;
+
+/* The weight side of the float sum for a block of rows, set up once per block by engine.c. */
+typedef struct {
+    int64_t nsub;
+    int32_t mult;
+    int32_t off;              /* the constant offset when zeros and offs are NULL */
+    eq_rowvals ws, wm;        /* scales; mins */
+    const uint8_t *zeros;     /* int8_asym: zero point (minus zero_bias) at zeros[j * zrow + s * zsub] */
+    int64_t zrow;
+    int32_t zsub;
+    int32_t zero_bias;
+    const int32_t *offs;      /* offsets expanded per sub-block, row stride nsub */
+} eq_rowscale;
+/* For nr <= EQ_PARTIALS weight rows j (raw + j * rstride), with one activation row:
+ * y[j] = sum_s float(isum_s) * (xs_s * ws_s) in EQ_PARTIALS partial sums [+ the same for
+ * float(xsum_s) * (xs_s * wm_s)], isum_s = mult * raw_s - off_s * xsum_s (wrapping). */
+typedef void (*eq_combine_fn)(const eq_rowscale *rs, int nr, const int32_t *raw, int64_t rstride,
+                              const int32_t *xsum, const float *xs, float *y);
+#define EQ_PARTIALS 8
+
 typedef struct {
     const char *name;
     eq_decode_fn decode[EQ_NKINDS];
@@ -121,6 +186,9 @@ typedef struct {
     eq_quant_fn quantize_block;  /* one activation block: scale = absmax/127, q = rint(x/s) */
     eq_halves_fn halves_to_float;
     eq_popxor_fn popcount_xor;
+    eq_plan_fn plan;             /* NULL: every matmul takes the generic decode + dot path */
+    eq_slots_fn slots;
+    eq_combine_fn combine;
 } eq_simd_table;
 
 /* Each variant's table (defined only where its file is compiled). */
@@ -141,6 +209,24 @@ void eq_dot_scalar(const uint8_t *u, const int8_t *x, int64_t k, int64_t sub,
 void eq_quantize_block_scalar(const float *x, int64_t n, int8_t *q, float *scale);
 float eq_half_to_float(uint16_t h);
 uint64_t eq_popcount_xor_scalar(const uint8_t *a, const uint8_t *b, int64_t nbytes);
+void eq_combine_scalar(const eq_rowscale *rs, int nr, const int32_t *raw, int64_t rstride,
+                       const int32_t *xsum, const float *xs, float *y);
+/* Sub-blocks [s, nsub) of row j added to part[] / partm[] (partial s % EQ_PARTIALS): the
+ * scalar rule, for SIMD combines' rare cases; _finish then sums the partials in order. */
+void eq_combine_partials(const eq_rowscale *rs, int j, const int32_t *raw, const int32_t *xsum,
+                         const float *xs, int64_t s, float *part, float *partm);
+float eq_combine_finish(const eq_rowscale *rs, int j, const int32_t *raw, const int32_t *xsum,
+                        const float *xs, int64_t s, float *part, float *partm);
+
+/* ---- thread pool (threadpool.c) -------------------------------------------------------- */
+/* fn(ctx, begin, end) over [0, n) in chunks of `chunk`, on up to `threads` threads counting
+ * the caller. Workers are created on first need and kept: they spin briefly after a task,
+ * then sleep on a condition variable. A call made while another is using the pool runs on
+ * the calling thread alone. */
+typedef void (*eq_task_fn)(void *ctx, int64_t begin, int64_t end);
+void eq_parallel_for(eq_task_fn fn, void *ctx, int64_t n, int64_t chunk, int32_t threads);
+/* Worker threads started so far (for tests and benchmarks). */
+int32_t eq_pool_workers(void);
 
 /* ---- dispatch ---------------------------------------------------------------------------- */
 /* The table in use: the best this CPU supports, or EDGEQ_SIMD's choice. */
@@ -153,7 +239,8 @@ const char *eq_variants(void);
 int eq_select_variant(const char *name);
 
 /* ---- public kernels (one per operation and weight kind; _q8: int8 activations) ---------- */
-/* q (m, k) int8 and scales (m, k/block) float32; block divides k. */
+/* q (m, k) int8 and scales (m, k/block) float32; block divides k; EQ_ENOTFINITE if x holds
+ * NaN or inf (nothing is written then). */
 int eq_quantize_q8(const float *x, int64_t m, int64_t k, int64_t block, int8_t *q, float *scales);
 
 #define EQ_DECLARE_KIND(name)                                                                  \

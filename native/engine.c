@@ -1,44 +1,48 @@
-/* The portable driver: row loops, scales, threads and the public kernels.
+/* The portable driver: row loops, scales, the split over threads and the public kernels.
  *
- * For each weight row (threads split the rows): decode the row once into u bytes with the
- * selected SIMD decoder, then for each activation row take the per-sub-block dot products
- * with the SIMD dot and combine them with the offsets and scales here, in plain C.
- * The combine is the same code for every variant, so all variants return the same bits.
+ * matmul has two paths, both ending in the variant's combine (the float rule, one order):
+ *   fused    when k and the sub-block are multiples of EQ_SLOT and the variant's plan takes
+ *            the layout: per weight row, the slot sums come from a gemv kernel that unpacks
+ *            the packed row in registers (m = 1), or from the slots kernel over the codes or
+ *            the row decoded once into scratch, EQ_MAX_TILE activation rows per pass (m > 1);
+ *   generic  otherwise: decode the row into scratch, dot per sub-block.
+ * block_sums (integer sums only) always takes the generic decode + dot route.
+ * Rows are split over the persistent thread pool in chunks; results never depend on the split.
  */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "edgeq_native.h"
 
-/* Rough multiply-adds one thread should get before a second one pays for its start-up
- * (the test driver builds with 1, so even its tiny cases exercise the thread split). */
+/* Multiply-adds one thread should get before a second one pays off (the test driver builds
+ * with 1, so even its tiny cases exercise the thread split). */
 #ifndef EQ_WORK_PER_THREAD
-#define EQ_WORK_PER_THREAD (1 << 20)
+#define EQ_WORK_PER_THREAD (1 << 16)
 #endif
 #define MAX_THREADS 64
-#define PARTIALS 8 /* float partial sums per dot: fixed, so the order never depends on the CPU */
+#define CHUNKS_PER_THREAD 8    /* load balance on a machine shared with other processes */
+#define MIN_CHUNK_WORK (1 << 14)
 
-/* First member of every job: the rows one thread handles and its result. */
-typedef struct {
-    int64_t row_begin, row_end;
-    int status;
-} span;
+/* ---- scratch --------------------------------------------------------------------------- */
 
-typedef struct {
-    span span;
-    const eq_qmatrix *w;
-    const eq_simd_table *t;
-    const int8_t *xq;      /* (m, k) */
-    int64_t m;
-    int64_t fine;          /* granularity of the dot products: sub, or gcd(sub, zero group) */
-    int64_t sub;
-    int64_t nfine, nsub;
-    const int32_t *xsum;   /* (m, nfine) sum of q per fine block */
-    const float *xs_sub;   /* matmul: (m, nsub) activation scale of each sub-block */
-    int32_t *isums;        /* block_sums out: (m, rows, nsub), else NULL */
-    float *y;              /* matmul out: (m, rows), else NULL */
-} row_job;
+/* Per-thread buffers, grown on demand and kept: pool workers live as long as the process. */
+enum { SCRATCH_ROW, SCRATCH_CALL, SCRATCH_SLOTS };
+static _Thread_local struct {
+    void *p;
+    size_t n;
+} scratch[SCRATCH_SLOTS];
+
+static void *scratch_get(int which, size_t bytes)
+{
+    if (scratch[which].n < bytes) {
+        free(scratch[which].p);
+        scratch[which].p = malloc(bytes);
+        scratch[which].n = scratch[which].p ? bytes : 0;
+    }
+    return scratch[which].p;
+}
+
+/* ---- small rules ------------------------------------------------------------------------- */
 
 static int64_t gcd64(int64_t a, int64_t b)
 {
@@ -70,151 +74,6 @@ static int kind_wide(int kind) { return kind == EQ_INT8 || kind == EQ_INT8_ASYM;
 
 static int64_t ngroups(const eq_qmatrix *w) { return w->k / w->scale_block; }
 
-/* Weight scales (or mins) of row r as float32, one per group. */
-static void row_scales(const eq_qmatrix *w, const eq_simd_table *t, const void *base, int64_t r,
-                       float *out)
-{
-    int64_t g = ngroups(w);
-    int64_t sr = w->scale_rows == 1 ? 0 : r;
-    if (w->scale_f16)
-        t->halves_to_float((const uint16_t *)base + sr * g, g, out);
-    else
-        memcpy(out, (const float *)base + sr * g, (size_t)g * sizeof(float));
-}
-
-/* Repeat one value per group as one value per block of `block` codes. */
-static void expand_floats(const float *per_group, int64_t groups, int64_t per, float *out)
-{
-    for (int64_t g = 0; g < groups; g++)
-        for (int64_t i = 0; i < per; i++)
-            *out++ = per_group[g];
-}
-
-/* Offsets of the fine blocks of row r: a constant, or int8_asym's zero points. */
-static void fine_offsets(const eq_qmatrix *w, int64_t r, int64_t fine, int64_t nfine,
-                         int32_t *out)
-{
-    if (w->kind != EQ_INT8_ASYM) {
-        int32_t off = kind_offset(w->kind);
-        for (int64_t t = 0; t < nfine; t++)
-            out[t] = off;
-        return;
-    }
-    const uint8_t *z = w->zeros + (w->scale_rows == 1 ? 0 : r) * ngroups(w);
-    int64_t per = w->scale_block / fine;
-    for (int64_t t = 0; t < nfine; t++)
-        out[t] = z[t / per];
-}
-
-/* isum = mult * raw - offset * sum(q) per block; off NULL: the constant off_c. */
-static void combine_ints(const int32_t *restrict raw, const int32_t *restrict off, int32_t off_c,
-                         const int32_t *restrict xsum, int32_t mult, int64_t n,
-                         uint32_t *restrict isum)
-{
-    if (off)
-        for (int64_t s = 0; s < n; s++)
-            isum[s] = (uint32_t)mult * (uint32_t)raw[s] - (uint32_t)off[s] * (uint32_t)xsum[s];
-    else
-        for (int64_t s = 0; s < n; s++)
-            isum[s] = (uint32_t)mult * (uint32_t)raw[s] - (uint32_t)off_c * (uint32_t)xsum[s];
-}
-
-/* sum_s float(v[s]) * (xs[s] * ws[s]) in PARTIALS interleaved float32 partial sums, added
- * in a fixed order: the same bits on every CPU (no FMA: -ffp-contract=off). */
-static float scaled_sum(const int32_t *restrict v, const float *restrict xs,
-                        const float *restrict ws, int64_t n)
-{
-    float part[PARTIALS] = {0};
-    int64_t s = 0;
-    for (; s + PARTIALS <= n; s += PARTIALS)
-        for (int p = 0; p < PARTIALS; p++)
-            part[p] += (float)v[s + p] * (xs[s + p] * ws[s + p]);
-    for (int p = 0; s < n; s++, p++)
-        part[p] += (float)v[s] * (xs[s] * ws[s]);
-    float y = 0.0f;
-    for (int p = 0; p < PARTIALS; p++)
-        y += part[p];
-    return y;
-}
-
-static void run_rows(row_job *job)
-{
-    const eq_qmatrix *w = job->w;
-    const eq_simd_table *t = job->t;
-    int64_t k = w->k, nfine = job->nfine, nsub = job->nsub, groups = ngroups(w);
-    int64_t per_sub = job->sub / job->fine;
-    int32_t mult = kind_mult(w->kind);
-    int wide = kind_wide(w->kind);
-    int matmul = job->y != NULL;
-
-    /* u is padded so SIMD decoders may write whole vectors past k */
-    uint8_t *u = malloc((size_t)k + 64);
-    int32_t *raw = malloc((size_t)nfine * sizeof(int32_t));
-    int32_t *off = malloc((size_t)nfine * sizeof(int32_t));
-    uint32_t *isum = malloc((size_t)nsub * sizeof(uint32_t));
-    float *wsg = malloc((size_t)groups * 2 * sizeof(float));
-    float *ws_sub = malloc((size_t)nsub * 2 * sizeof(float));
-    if (!u || !raw || !off || !isum || !wsg || !ws_sub) {
-        job->span.status = EQ_ENOMEM;
-        goto done;
-    }
-    float *wm_sub = ws_sub + nsub;
-
-    for (int64_t r = job->span.row_begin; r < job->span.row_end; r++) {
-        t->decode[w->kind](w->codes + r * w->row_bytes, k, w->pack_group, u);
-        if (w->kind == EQ_INT8_ASYM || per_sub != 1)
-            fine_offsets(w, r, job->fine, nfine, off);
-        if (matmul) {
-            row_scales(w, t, w->scales, r, wsg);
-            expand_floats(wsg, groups, w->scale_block / job->sub, ws_sub);
-            if (w->mins) {
-                row_scales(w, t, w->mins, r, wsg + groups);
-                expand_floats(wsg + groups, groups, w->scale_block / job->sub, wm_sub);
-            }
-        }
-        for (int64_t i = 0; i < job->m; i++) {
-            const int32_t *xsum = job->xsum + i * nfine;
-            t->dot(u, job->xq + i * k, k, job->fine, xsum, wide, raw);
-            /* hot loop: isum = mult * raw - offset * sum(q), wrapping like int32 */
-            if (per_sub == 1)
-                combine_ints(raw, w->kind == EQ_INT8_ASYM ? off : NULL, kind_offset(w->kind), xsum,
-                             mult, nsub, isum);
-            else
-                for (int64_t s = 0; s < nsub; s++) {
-                    uint32_t acc = 0;
-                    for (int64_t f = s * per_sub; f < (s + 1) * per_sub; f++)
-                        acc += (uint32_t)mult * (uint32_t)raw[f] - (uint32_t)off[f] * (uint32_t)xsum[f];
-                    isum[s] = acc;
-                }
-            if (!matmul) {
-                int32_t *dst = job->isums + (i * w->rows + r) * nsub;
-                for (int64_t s = 0; s < nsub; s++)
-                    dst[s] = (int32_t)isum[s];
-                continue;
-            }
-            const float *xs = job->xs_sub + i * nsub;
-            float y = scaled_sum((const int32_t *)isum, xs, ws_sub, nsub);
-            /* scale-min layouts: + sum(q) * (m * xs); here fine == sub */
-            float ym = w->mins ? scaled_sum(xsum, xs, wm_sub, nsub) : 0.0f;
-            job->y[i * w->rows + r] = y + ym;
-        }
-    }
-done:
-    free(u);
-    free(raw);
-    free(off);
-    free(isum);
-    free(wsg);
-    free(ws_sub);
-}
-
-static void *run_rows_thread(void *arg)
-{
-    run_rows((row_job *)arg);
-    return NULL;
-}
-
-/* Threads worth starting for `work` multiply-adds over `rows` rows. */
 static int32_t thread_count(int32_t requested, int64_t rows, int64_t work)
 {
     int64_t n = work / EQ_WORK_PER_THREAD;
@@ -224,36 +83,14 @@ static int32_t thread_count(int32_t requested, int64_t rows, int64_t work)
     return n < 1 ? 1 : (int32_t)n;
 }
 
-/* Split rows over threads (jobs: an array of structs starting with a span), run fn on each
- * part and return the first error. A thread that cannot start runs here instead. */
-static int run_split(void *jobs, size_t job_size, int32_t nthreads, int64_t rows,
-                     void *(*fn)(void *))
+/* Rows per chunk: about CHUNKS_PER_THREAD chunks per thread, none below MIN_CHUNK_WORK. */
+static int64_t chunk_rows(int64_t rows, int64_t work_per_row, int32_t threads)
 {
-    pthread_t tid[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int32_t p = 0; p < nthreads; p++) {
-        span *sp = (span *)((char *)jobs + (size_t)p * job_size);
-        sp->row_begin = rows * p / nthreads;
-        sp->row_end = rows * (p + 1) / nthreads;
-        sp->status = EQ_OK;
-    }
-    for (int32_t p = 1; p < nthreads; p++) {
-        void *job = (char *)jobs + (size_t)p * job_size;
-        if (pthread_create(&tid[p], NULL, fn, job) == 0)
-            started[p] = 1;
-        else
-            fn(job);
-    }
-    fn(jobs);
-    int status = EQ_OK;
-    for (int32_t p = 0; p < nthreads; p++) {
-        if (p > 0 && started[p])
-            pthread_join(tid[p], NULL);
-        span *sp = (span *)((char *)jobs + (size_t)p * job_size);
-        if (sp->status != EQ_OK && status == EQ_OK)
-            status = sp->status;
-    }
-    return status;
+    if (threads <= 1)
+        return rows;
+    int64_t per = (rows + threads * CHUNKS_PER_THREAD - 1) / (threads * CHUNKS_PER_THREAD);
+    int64_t floor_rows = (MIN_CHUNK_WORK + work_per_row - 1) / work_per_row;
+    return per > floor_rows ? per : floor_rows;
 }
 
 /* Argument checks: the Python side validates first; these keep the C entry points safe. */
@@ -268,45 +105,295 @@ static int valid_matrix(const eq_qmatrix *w)
     return 1;
 }
 
-static int run_sums(const eq_qmatrix *w, const int8_t *xq, int64_t m, int64_t sub,
-                    const float *xs, int64_t act_block, int32_t *isums, float *y, int32_t threads)
+/* sum(q) per block of `block` codes, for each of m rows of k: out (m, k / block). */
+static void act_sums(const int8_t *xq, int64_t m, int64_t k, int64_t block, int32_t *out)
 {
-    if (!valid_matrix(w) || !xq || m <= 0 || sub <= 0 || w->k % sub)
+    for (int64_t b = 0; b < m * (k / block); b++) {
+        uint32_t acc = 0;  /* wraps like the reference's int32 */
+        const int8_t *x = xq + b * block;
+        for (int64_t j = 0; j < block; j++)
+            acc += (uint32_t)(int32_t)x[j];
+        out[b] = (int32_t)acc;
+    }
+}
+
+/* ---- block sums (integers only) ---------------------------------------------------------- */
+
+typedef struct {
+    const eq_qmatrix *w;
+    const eq_simd_table *t;
+    const int8_t *xq;      /* (m, k) */
+    int64_t m;
+    int64_t fine;          /* granularity of the dot products: sub, or gcd(sub, zero group) */
+    int64_t sub, nfine, nsub;
+    const int32_t *xsum;   /* (m, nfine) sum of q per fine block */
+    int32_t *isums;        /* (m, rows, nsub) */
+    _Atomic int status;
+} sums_job;
+
+static void sums_rows(void *arg, int64_t begin, int64_t end)
+{
+    sums_job *job = arg;
+    const eq_qmatrix *w = job->w;
+    int64_t k = w->k, nfine = job->nfine, nsub = job->nsub, per_sub = job->sub / job->fine;
+    int32_t mult = kind_mult(w->kind);
+    /* u is padded so SIMD decoders may write whole vectors past k */
+    size_t u_bytes = ((size_t)k + 64 + 63) & ~(size_t)63;
+    uint8_t *u = scratch_get(SCRATCH_ROW, u_bytes + 2 * (size_t)nfine * sizeof(int32_t));
+    if (!u) {
+        job->status = EQ_ENOMEM;
+        return;
+    }
+    int32_t *raw = (int32_t *)(u + u_bytes), *off = raw + nfine;
+    const uint8_t *zeros = NULL;
+    int64_t zero_per = 1;
+    if (w->kind == EQ_INT8_ASYM)
+        zero_per = w->scale_block / job->fine;
+    for (int64_t r = begin; r < end; r++) {
+        job->t->decode[w->kind](w->codes + r * w->row_bytes, k, w->pack_group, u);
+        if (w->kind == EQ_INT8_ASYM)
+            zeros = w->zeros + (w->scale_rows == 1 ? 0 : r) * ngroups(w);
+        for (int64_t f = 0; f < nfine; f++)
+            off[f] = zeros ? zeros[f / zero_per] : kind_offset(w->kind);
+        for (int64_t i = 0; i < job->m; i++) {
+            const int32_t *xsum = job->xsum + i * nfine;
+            job->t->dot(u, job->xq + i * k, k, job->fine, xsum, kind_wide(w->kind), raw);
+            int32_t *dst = job->isums + (i * w->rows + r) * nsub;
+            for (int64_t s = 0; s < nsub; s++) {
+                /* isum = mult * raw - offset * sum(q), wrapping like int32 */
+                uint32_t acc = 0;
+                for (int64_t f = s * per_sub; f < (s + 1) * per_sub; f++)
+                    acc += (uint32_t)mult * (uint32_t)raw[f] - (uint32_t)off[f] * (uint32_t)xsum[f];
+                dst[s] = (int32_t)acc;
+            }
+        }
+    }
+}
+
+static int run_block_sums(const eq_qmatrix *w, const int8_t *xq, int64_t m, int64_t sub,
+                          int32_t *isums, int32_t threads)
+{
+    if (!valid_matrix(w) || !xq || !isums || m <= 0 || sub <= 0 || w->k % sub)
         return EQ_EINVAL;
     int64_t k = w->k;
     int64_t fine = w->kind == EQ_INT8_ASYM ? gcd64(sub, w->scale_block) : sub;
-    if (y && (!w->scales || !xs || act_block <= 0 || k % act_block || act_block % sub ||
-              w->scale_block % sub))
-        return EQ_EINVAL;
-    int64_t nfine = k / fine, nsub = k / sub;
-    const eq_simd_table *t = eq_simd();
-    int32_t *xsum = malloc((size_t)(m * nfine) * sizeof(int32_t));
-    float *xs_sub = y ? malloc((size_t)(m * nsub) * sizeof(float)) : NULL;
-    int32_t nthreads = thread_count(threads < 1 ? 1 : threads, w->rows, w->rows * k * m);
-    row_job *jobs = calloc((size_t)nthreads, sizeof(row_job));
-    int status = EQ_ENOMEM;
-    if (!xsum || (y && !xs_sub) || !jobs)
-        goto done;
-    for (int64_t i = 0; i < m * nfine; i++) {
-        uint32_t acc = 0;
-        for (int64_t j = 0; j < fine; j++)
-            acc += (uint32_t)(int32_t)xq[i * fine + j];
-        xsum[i] = (int32_t)acc;
-    }
-    if (y)
-        for (int64_t i = 0; i < m; i++)
-            expand_floats(xs + i * (k / act_block), k / act_block, act_block / sub,
-                          xs_sub + i * nsub);
-    for (int32_t p = 0; p < nthreads; p++)
-        jobs[p] = (row_job){.w = w, .t = t, .xq = xq, .m = m, .fine = fine, .sub = sub,
-                            .nfine = nfine, .nsub = nsub, .xsum = xsum, .xs_sub = xs_sub,
-                            .isums = isums, .y = y};
-    status = run_split(jobs, sizeof(row_job), nthreads, w->rows, run_rows_thread);
-done:
+    int32_t *xsum = malloc((size_t)(m * (k / fine)) * sizeof(int32_t));
+    if (!xsum)
+        return EQ_ENOMEM;
+    act_sums(xq, m, k, fine, xsum);
+    sums_job job = {.w = w, .t = eq_simd(), .xq = xq, .m = m, .fine = fine, .sub = sub,
+                    .nfine = k / fine, .nsub = k / sub, .xsum = xsum, .isums = isums,
+                    .status = EQ_OK};
+    int32_t nthreads = thread_count(threads, w->rows, w->rows * k * m);
+    eq_parallel_for(sums_rows, &job, w->rows, chunk_rows(w->rows, k * m, nthreads), nthreads);
     free(xsum);
-    free(xs_sub);
-    free(jobs);
-    return status;
+    return job.status;
+}
+
+/* ---- matmul -------------------------------------------------------------------------------- */
+
+typedef struct {
+    const eq_qmatrix *w;
+    const eq_simd_table *t;
+    eq_plan plan;
+    int fused;
+    const int8_t *xq;      /* (m, k) */
+    const int8_t *xp;      /* m == 1 with plan.prep: the prepared activation row */
+    int64_t m, sub, nsub;
+    const int32_t *xsum;   /* (m, nsub) sum of q per sub-block */
+    const float *xs;       /* (m, nsub) activation scale per sub-block */
+    float *y;              /* (m, rows) */
+    _Atomic int status;
+} matmul_job;
+
+/* Per-group scales (or mins) of rows r0.. r0+nr-1 as per-sub-block values: read in place
+ * when a group is a sub-block or a whole row, else expanded into spill (nr * nsub floats). */
+static eq_rowvals block_floats(const eq_qmatrix *w, const eq_simd_table *t, const void *base,
+                               int f16, int64_t r0, int nr, int64_t sub, float *spill)
+{
+    int64_t g = ngroups(w), per = w->scale_block / sub, nsub = w->k / sub;
+    int64_t rows = w->scale_rows == 1 ? 0 : 1;  /* tensor granularity: every row reads row 0 */
+    const char *at = (const char *)base + r0 * rows * g * (f16 ? 2 : 4);
+    if (g == 1)
+        return (eq_rowvals){.p = at, .row = rows, .sub = 0, .f16 = f16};
+    if (per == 1)
+        return (eq_rowvals){.p = at, .row = rows * g, .sub = 1, .f16 = f16};
+    float grp[64];
+    for (int j = 0; j < nr; j++) {
+        const char *row = at + j * rows * g * (f16 ? 2 : 4);
+        for (int64_t g0 = 0; g0 < g; g0 += 64) {
+            int64_t cnt = g - g0 < 64 ? g - g0 : 64;
+            if (f16)
+                t->halves_to_float((const uint16_t *)row + g0, cnt, grp);
+            else
+                memcpy(grp, (const float *)row + g0, (size_t)cnt * sizeof(float));
+            for (int64_t i = 0; i < cnt; i++)
+                for (int64_t q = 0; q < per; q++)
+                    spill[j * nsub + (g0 + i) * per + q] = grp[i];
+        }
+    }
+    return (eq_rowvals){.p = spill, .row = nsub, .sub = 1, .f16 = 0};
+}
+
+/* The weight side of the float sum for rows r0.. r0+nr-1; spill holds 2 * nr * nsub values:
+ * expanded scales, then expanded mins or (int8_asym, which has no mins) offsets. */
+static void block_setup(const matmul_job *job, int64_t r0, int nr, int32_t adjust, float *spill,
+                        eq_rowscale *rs)
+{
+    const eq_qmatrix *w = job->w;
+    int64_t nsub = job->nsub;
+    *rs = (eq_rowscale){.nsub = nsub, .mult = kind_mult(w->kind),
+                        .off = kind_offset(w->kind) - adjust};
+    rs->ws = block_floats(w, job->t, w->scales, w->scale_f16, r0, nr, job->sub, spill);
+    float *spill2 = spill + nr * nsub;
+    if (w->mins)  /* always float16 */
+        rs->wm = block_floats(w, job->t, w->mins, 1, r0, nr, job->sub, spill2);
+    if (w->kind == EQ_INT8_ASYM) {
+        int64_t g = ngroups(w), per = w->scale_block / job->sub;
+        int64_t rows = w->scale_rows == 1 ? 0 : 1;
+        const uint8_t *z = w->zeros + r0 * rows * g;
+        if (g == 1 || per == 1) {
+            rs->zeros = z;
+            rs->zrow = rows * g;
+            rs->zsub = g == 1 ? 0 : 1;
+            rs->zero_bias = adjust;
+        } else {
+            int32_t *offs = (int32_t *)spill2;
+            for (int j = 0; j < nr; j++)
+                for (int64_t s = 0; s < nsub; s++)
+                    offs[j * nsub + s] = (int32_t)z[j * rows * g + s / per] - adjust;
+            rs->offs = offs;
+        }
+    }
+}
+
+/* Slot sums -> sub-block sums, in place (per slots per sub-block). */
+static void fold_slots(int32_t *raw, int64_t nsub, int64_t per)
+{
+    if (per == 1)
+        return;
+    for (int64_t s = 0; s < nsub; s++) {
+        uint32_t acc = 0;
+        for (int64_t j = 0; j < per; j++)
+            acc += (uint32_t)raw[s * per + j];
+        raw[s] = (int32_t)acc;
+    }
+}
+
+/* Rows are taken EQ_PARTIALS at a time: the combine sums eight rows' partials together. */
+#define ROW_BLOCK EQ_PARTIALS
+
+static void matmul_rows(void *arg, int64_t begin, int64_t end)
+{
+    matmul_job *job = arg;
+    const eq_qmatrix *w = job->w;
+    const eq_simd_table *t = job->t;
+    const eq_plan *plan = &job->plan;
+    int64_t k = w->k, m = job->m, nsub = job->nsub, n = w->rows;
+    int fused = job->fused, gemv = fused && m == 1 && plan->gemv;
+    int decode = !fused || (plan->decoded && !gemv);
+    int64_t rstride = (fused ? k / EQ_SLOT : nsub) + EQ_RAW_PAD;
+    int64_t tile = gemv || !fused ? 1 : EQ_MAX_TILE;  /* activation rows per raw block */
+    int64_t per = fused ? job->sub / EQ_SLOT : 1;
+    size_t u_bytes = decode ? ((size_t)k + 64 + 63) & ~(size_t)63 : 0;
+    size_t raw_bytes = (size_t)(ROW_BLOCK * tile * rstride) * sizeof(int32_t);
+    size_t spill_bytes = (size_t)(ROW_BLOCK * 2 * nsub) * sizeof(float);
+    uint8_t *u = scratch_get(SCRATCH_ROW, ROW_BLOCK * u_bytes + raw_bytes + spill_bytes);
+    if (!u) {
+        job->status = EQ_ENOMEM;
+        return;
+    }
+    int32_t *raw = (int32_t *)(u + ROW_BLOCK * u_bytes);
+    float *spill = (float *)(raw + ROW_BLOCK * tile * rstride);
+    int32_t adjust = fused ? plan->adjust : 0;
+    eq_rowscale rs;
+    for (int64_t r0 = begin; r0 < end; r0 += ROW_BLOCK) {
+        int nr = (int)(end - r0 < ROW_BLOCK ? end - r0 : ROW_BLOCK);
+        const uint8_t *src[ROW_BLOCK];
+        block_setup(job, r0, nr, adjust, spill, &rs);
+        for (int j = 0; j < nr; j++) {
+            const uint8_t *row = w->codes + (r0 + j) * w->row_bytes;
+            src[j] = row;
+            if (decode) {
+                t->decode[w->kind](row, k, w->pack_group, u + j * u_bytes);
+                src[j] = u + j * u_bytes;
+            }
+        }
+        if (gemv) {
+            for (int j = 0; j < nr; j++) {
+                plan->gemv(src[j], job->xp, k, w->pack_group, raw + j * rstride);
+                fold_slots(raw + j * rstride, nsub, per);
+            }
+            t->combine(&rs, nr, raw, rstride, job->xsum, job->xs, job->y + r0);
+            continue;
+        }
+        if (!fused) {
+            for (int64_t i = 0; i < m; i++) {
+                for (int j = 0; j < nr; j++)
+                    t->dot(src[j], job->xq + i * k, k, job->sub, job->xsum + i * nsub,
+                           kind_wide(w->kind), raw + j * rstride);
+                t->combine(&rs, nr, raw, rstride, job->xsum + i * nsub, job->xs + i * nsub,
+                           job->y + i * n + r0);
+            }
+            continue;
+        }
+        /* hot loop: each weight row is read once per EQ_MAX_TILE activation rows */
+        for (int64_t i0 = 0; i0 < m; i0 += EQ_MAX_TILE) {
+            int mt = (int)(m - i0 < EQ_MAX_TILE ? m - i0 : EQ_MAX_TILE);
+            for (int j = 0; j < nr; j++) {
+                int32_t *rj = raw + j * tile * rstride;
+                t->slots(src[j], plan->flip, plan->wide, job->xq + i0 * k, k, mt, k, rj, rstride);
+                for (int i = 0; i < mt; i++)
+                    fold_slots(rj + i * rstride, nsub, per);
+            }
+            for (int i = 0; i < mt; i++)
+                t->combine(&rs, nr, raw + i * rstride, tile * rstride, job->xsum + (i0 + i) * nsub,
+                           job->xs + (i0 + i) * nsub, job->y + (i0 + i) * n + r0);
+        }
+    }
+}
+
+static int run_matmul(const eq_qmatrix *w, const int8_t *xq, const float *xs, int64_t m,
+                      int64_t act_block, float *y, int32_t threads)
+{
+    if (!valid_matrix(w) || !xq || !xs || !y || !w->scales || m <= 0 || act_block <= 0 ||
+        w->k % act_block)
+        return EQ_EINVAL;
+    int64_t k = w->k, sub = gcd64(w->scale_block, act_block), nsub = k / sub;
+    matmul_job job = {.w = w, .t = eq_simd(), .xq = xq, .m = m, .sub = sub, .nsub = nsub,
+                      .y = y, .status = EQ_OK};
+    job.fused = sub % EQ_SLOT == 0 && job.t->plan && job.t->plan(w, m, &job.plan);
+    int need_xp = job.fused && m == 1 && job.plan.gemv && job.plan.prep;
+    int need_xs = act_block != sub;
+    /* per call: sums of q and scales per sub-block, the prepared activations */
+    size_t xsum_bytes = (size_t)(m * nsub) * sizeof(int32_t);
+    size_t xs_bytes = need_xs ? (size_t)(m * nsub) * sizeof(float) : 0;
+    size_t xp_bytes = need_xp ? (size_t)job.plan.prep_bytes + 64 : 0;
+    uint8_t *call = scratch_get(SCRATCH_CALL, xsum_bytes + xs_bytes + xp_bytes);
+    if (!call)
+        return EQ_ENOMEM;
+    int32_t *xsum = (int32_t *)call;
+    act_sums(xq, m, k, sub, xsum);
+    job.xsum = xsum;
+    job.xs = xs;
+    if (need_xs) {
+        float *xs_sub = (float *)(call + xsum_bytes);
+        int64_t per = act_block / sub, nblocks = k / act_block;
+        for (int64_t b = 0; b < m * nblocks; b++)
+            for (int64_t j = 0; j < per; j++)
+                xs_sub[b * per + j] = xs[b];
+        job.xs = xs_sub;
+    }
+    if (need_xp) {
+        int8_t *xp = (int8_t *)(call + xsum_bytes + xs_bytes);
+        job.plan.prep(xq, k, w->pack_group, xp);
+        job.xp = xp;
+    } else {
+        job.xp = xq;
+    }
+    int32_t nthreads = thread_count(threads, w->rows, w->rows * k * m);
+    eq_parallel_for(matmul_rows, &job, w->rows, chunk_rows(w->rows, k * m, nthreads), nthreads);
+    return job.status;
 }
 
 /* ---- public kernels ------------------------------------------------------------------------ */
@@ -315,6 +402,15 @@ int eq_quantize_q8(const float *x, int64_t m, int64_t k, int64_t block, int8_t *
 {
     if (!x || !q || !scales || m <= 0 || k <= 0 || block <= 0 || k % block)
         return EQ_EINVAL;
+    /* exponent all ones: inf or NaN; one pass the compiler vectorises */
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < m * k; i++) {
+        uint32_t bits;
+        memcpy(&bits, x + i, sizeof bits);
+        bad |= (bits & 0x7F800000u) == 0x7F800000u;
+    }
+    if (bad)
+        return EQ_ENOTFINITE;
     const eq_simd_table *t = eq_simd();
     for (int64_t b = 0; b < m * (k / block); b++)
         t->quantize_block(x + b * block, block, q + b * block, scales + b);
@@ -325,15 +421,14 @@ int eq_quantize_q8(const float *x, int64_t m, int64_t k, int64_t block, int8_t *
     int eq_block_sums_##name##_q8(const eq_qmatrix *w, const int8_t *xq, int64_t m,           \
                                   int64_t sub, int32_t *out, int32_t threads)                  \
     {                                                                                          \
-        if (!w || w->kind != KIND || !out) return EQ_EINVAL;                                   \
-        return run_sums(w, xq, m, sub, NULL, 0, out, NULL, threads);                           \
+        if (!w || w->kind != KIND) return EQ_EINVAL;                                           \
+        return run_block_sums(w, xq, m, sub, out, threads);                                    \
     }                                                                                          \
     int eq_gemm_##name##_q8(const eq_qmatrix *w, const int8_t *xq, const float *xs, int64_t m, \
                             int64_t act_block, float *out, int32_t threads)                    \
     {                                                                                          \
-        if (!w || w->kind != KIND || !out || act_block <= 0) return EQ_EINVAL;                 \
-        return run_sums(w, xq, m, gcd64(w->scale_block, act_block), xs, act_block, NULL, out,  \
-                        threads);                                                              \
+        if (!w || w->kind != KIND) return EQ_EINVAL;                                           \
+        return run_matmul(w, xq, xs, m, act_block, out, threads);                              \
     }                                                                                          \
     int eq_vec_dot_##name##_q8(const eq_qmatrix *w, const int8_t *xq, const float *xs,        \
                                int64_t act_block, float *out, int32_t threads)                \
@@ -350,22 +445,20 @@ EQ_DEFINE_KIND(binary, EQ_BINARY)
 EQ_DEFINE_KIND(pow2, EQ_POW2)
 
 typedef struct {
-    span span;
     const uint8_t *w, *x;
     int64_t n, m, kb, k;
     int32_t *out;
     eq_popxor_fn popxor;
 } xnor_job;
 
-static void *run_xnor(void *arg)
+static void xnor_rows(void *arg, int64_t begin, int64_t end)
 {
     xnor_job *job = arg;
-    for (int64_t r = job->span.row_begin; r < job->span.row_end; r++)
+    for (int64_t r = begin; r < end; r++)
         for (int64_t i = 0; i < job->m; i++) {
             uint64_t pop = job->popxor(job->w + r * job->kb, job->x + i * job->kb, job->kb);
             job->out[i * job->n + r] = (int32_t)(uint32_t)((uint64_t)job->k - 2 * pop);
         }
-    return NULL;
 }
 
 int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m, int64_t kb,
@@ -373,12 +466,11 @@ int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m
 {
     if (!w || !x || !out || n <= 0 || m <= 0 || kb <= 0 || k < 0)
         return EQ_EINVAL;
-    int32_t nthreads = thread_count(threads < 1 ? 1 : threads, n, n * m * kb);
-    xnor_job jobs[MAX_THREADS];
-    for (int32_t p = 0; p < nthreads; p++)
-        jobs[p] = (xnor_job){.w = w, .x = x, .n = n, .m = m, .kb = kb, .k = k, .out = out,
-                             .popxor = eq_simd()->popcount_xor};
-    return run_split(jobs, sizeof(xnor_job), nthreads, n, run_xnor);
+    xnor_job job = {.w = w, .x = x, .n = n, .m = m, .kb = kb, .k = k, .out = out,
+                    .popxor = eq_simd()->popcount_xor};
+    int32_t nthreads = thread_count(threads, n, n * m * kb);
+    eq_parallel_for(xnor_rows, &job, n, chunk_rows(n, m * kb, nthreads), nthreads);
+    return EQ_OK;
 }
 
 size_t eq_qmatrix_size(void) { return sizeof(eq_qmatrix); }

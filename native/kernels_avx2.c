@@ -302,6 +302,11 @@ uint64_t eq_avx2_popcount_xor(const uint8_t *a, const uint8_t *b, int64_t nbytes
     return total + eq_popcount_xor_scalar(a + i, b + i, nbytes - i);
 }
 
+/* ---- fused matmul ------------------------------------------------------------------------ */
+
+#define EQ_VNNI 0
+#include "kernels_x86_fused.h"
+
 const eq_simd_table eq_table_avx2 = {
     .name = "avx2",
     .decode = {eq_avx2_decode_int8, eq_avx2_decode_int8_asym, eq_avx2_decode_int4,
@@ -311,4 +316,7 @@ const eq_simd_table eq_table_avx2 = {
     .quantize_block = eq_avx2_quantize_block,
     .halves_to_float = eq_avx2_halves_to_float,
     .popcount_xor = eq_avx2_popcount_xor,
+    .plan = x86_plan,
+    .slots = x86_slots,
+    .combine = x86_combine,
 };

@@ -87,6 +87,11 @@ static uint64_t popcount_xor(const uint8_t *a, const uint8_t *b, int64_t nbytes)
     return eq_has_vpopcntq ? popcount_vpopcntq(a, b, nbytes) : eq_avx2_popcount_xor(a, b, nbytes);
 }
 
+/* ---- fused matmul (VPDPBUSD) ---------------------------------------------------------------- */
+
+#define EQ_VNNI 1
+#include "kernels_x86_fused.h"
+
 const eq_simd_table eq_table_avx512 = {
     .name = "avx512",
     .decode = {eq_avx2_decode_int8, eq_avx2_decode_int8_asym, eq_avx2_decode_int4,
@@ -96,4 +101,7 @@ const eq_simd_table eq_table_avx512 = {
     .quantize_block = eq_avx2_quantize_block,
     .halves_to_float = eq_avx2_halves_to_float,
     .popcount_xor = popcount_xor,
+    .plan = x86_plan,
+    .slots = x86_slots,
+    .combine = x86_combine,
 };

@@ -170,6 +170,242 @@ static void dot(const uint8_t *u, const int8_t *x, int64_t k, int64_t sub, const
     }
 }
 
+/* ---- fused matmul ----------------------------------------------------------------------
+ * Slot sums with signed byte products (SDOT, or SMULL + SADALP): a 16-byte group of nibbles
+ * (int4, pow2 with groups of 32) or crumbs (ternary with groups of 64) unpacks with one mask
+ * and one shift per plane into exactly the 16 codes that pair with 16 consecutive
+ * activations, so no activation reordering is needed. Codes below 128 enter as they are;
+ * int8 codes are signed already (plan adjust 128); bytes that may reach 128 are XORed with
+ * 0x80 (u - 128, adjust 128). */
+
+/* acc + 4 products summed per lane, for 16 signed bytes */
+static inline int32x4_t sdot16(int32x4_t acc, int8x16_t u, int8x16_t x)
+{
+#ifdef EQ_NEON_DOTPROD
+    return vdotq_s32(acc, u, x);
+#else
+    return vpadalq_s16(vpadalq_s16(acc, vmull_s8(vget_low_s8(u), vget_low_s8(x))), vmull_high_s8(u, x));
+#endif
+}
+
+/* The totals of a0..a3. */
+static inline int32x4_t sum4(int32x4_t a0, int32x4_t a1, int32x4_t a2, int32x4_t a3)
+{
+    return vpaddq_s32(vpaddq_s32(a0, a1), vpaddq_s32(a2, a3));
+}
+
+static inline void slots_tile(const uint8_t *src, int flip, const int8_t *x, int64_t xstride,
+                              const int mt, int64_t k, int32_t *raw, int64_t rstride)
+{
+    const uint8x16_t flipv = vdupq_n_u8(flip ? 0x80 : 0);
+    int64_t nslots = k / EQ_SLOT;
+    for (int64_t s = 0; s < nslots; s += 4) {
+        int32x4_t acc[EQ_MAX_TILE][4];
+        for (int j = 0; j < 4; j++) {
+            for (int i = 0; i < mt; i++)
+                acc[i][j] = vdupq_n_s32(0);
+            if (s + j >= nslots)
+                continue;
+            const int64_t at = (s + j) * EQ_SLOT;
+            int8x16_t u0 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(src + at), flipv));
+            int8x16_t u1 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(src + at + 16), flipv));
+            for (int i = 0; i < mt; i++) {
+                const int8_t *xi = x + i * xstride + at;
+                acc[i][j] = sdot16(sdot16(acc[i][j], u0, vld1q_s8(xi)), u1, vld1q_s8(xi + 16));
+            }
+        }
+        for (int i = 0; i < mt; i++)  /* raw has EQ_RAW_PAD slack for the last 4 */
+            vst1q_s32(raw + i * rstride + s, sum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+    }
+}
+
+static void slots(const uint8_t *src, int flip, int wide, const int8_t *x, int64_t xstride, int mt,
+                  int64_t k, int32_t *raw, int64_t rstride)
+{
+    (void)wide;  /* signed products of bytes never saturate here */
+    switch (mt) {
+    case 1: slots_tile(src, flip, x, xstride, 1, k, raw, rstride); return;
+    case 2: slots_tile(src, flip, x, xstride, 2, k, raw, rstride); return;
+    case 3: slots_tile(src, flip, x, xstride, 3, k, raw, rstride); return;
+    default: slots_tile(src, flip, x, xstride, 4, k, raw, rstride); return;
+    }
+}
+
+/* m = 1, groups of 16 bytes: nibbles (lut: pow2's signed values) or crumbs; four slots at a
+ * time. A nibble group is one slot, a crumb group two (planes 0-1 and 2-3). */
+static inline void group16_row(const uint8_t *row, const int8_t *x, int64_t k, const int planes,
+                               const int lut, int32_t *raw)
+{
+    static const int8_t pow2[16] = {0, 1, 2, 4, 8, 16, 32, 64, 0, -1, -2, -4, -8, -16, -32, -64};
+    const int8x16_t table = vld1q_s8(pow2);
+    const uint8x16_t mask = vdupq_n_u8(planes == 2 ? 0x0F : 0x03);
+    const int64_t nslots = k / EQ_SLOT, per_group = planes / 2;
+    for (int64_t s = 0; s < nslots; s += 4) {
+        int32x4_t acc[4];
+        for (int j = 0; j < 4; j += per_group) {
+            for (int h = 0; h < per_group; h++)
+                acc[j + h] = vdupq_n_s32(0);
+            if (s + j >= nslots)
+                continue;
+            const int64_t g = (s + j) / per_group;
+            const uint8x16_t v = vld1q_u8(row + 16 * g);
+            const int8_t *xg = x + g * 16 * planes;
+            for (int h = 0; h < per_group; h++) {
+                uint8x16_t b0 = v, b1 = v;
+                if (planes == 2) {
+                    b0 = vandq_u8(v, mask);
+                    b1 = vshrq_n_u8(v, 4);
+                } else {
+                    b0 = vandq_u8(vshlq_u8(v, vdupq_n_s8((int8_t)(-4 * h))), mask);
+                    b1 = vandq_u8(vshlq_u8(v, vdupq_n_s8((int8_t)(-4 * h - 2))), mask);
+                }
+                int8x16_t u0 = vreinterpretq_s8_u8(b0), u1 = vreinterpretq_s8_u8(b1);
+                if (lut) {
+                    u0 = vqtbl1q_s8(table, b0);
+                    u1 = vqtbl1q_s8(table, b1);
+                }
+                acc[j + h] = sdot16(sdot16(acc[j + h], u0, vld1q_s8(xg + 32 * h)), u1,
+                                    vld1q_s8(xg + 32 * h + 16));
+            }
+        }
+        vst1q_s32(raw + s, sum4(acc[0], acc[1], acc[2], acc[3]));
+    }
+}
+
+static void gemv_nib32(const uint8_t *row, const int8_t *x, int64_t k, int64_t group, int32_t *raw)
+{
+    (void)group;
+    group16_row(row, x, k, 2, 0, raw);
+}
+
+static void gemv_pow2_32(const uint8_t *row, const int8_t *x, int64_t k, int64_t group, int32_t *raw)
+{
+    (void)group;
+    group16_row(row, x, k, 2, 1, raw);
+}
+
+static void gemv_crumb64(const uint8_t *row, const int8_t *x, int64_t k, int64_t group, int32_t *raw)
+{
+    (void)group;
+    group16_row(row, x, k, 4, 0, raw);
+}
+
+/* m = 1, ternary 2-bit with groups a multiple of 128: per 32 bytes of a group, the four planes
+ * give one slot each (both 16-byte halves against the plane's 32 activations). */
+static void gemv_crumb_planar(const uint8_t *row, const int8_t *x, int64_t k, int64_t group,
+                              int32_t *raw)
+{
+    const uint8x16_t mask = vdupq_n_u8(3);
+    const int64_t plane = group / 4, chunks = plane / 32, ngroups = k / group;
+    for (int64_t g = 0; g < ngroups; g++, row += plane, x += group, raw += group / EQ_SLOT) {
+        for (int64_t j = 0; j < chunks; j++) {
+            uint8x16_t v0 = vld1q_u8(row + 32 * j), v1 = vld1q_u8(row + 32 * j + 16);
+            int32x4_t acc[4];
+            for (int l = 0; l < 4; l++) {
+                const int8x16_t shift = vdupq_n_s8((int8_t)(-2 * l));
+                int8x16_t u0 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(v0, shift), mask));
+                int8x16_t u1 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(v1, shift), mask));
+                const int8_t *xl = x + l * plane + 32 * j;
+                acc[l] = sdot16(sdot16(vdupq_n_s32(0), u0, vld1q_s8(xl)), u1, vld1q_s8(xl + 16));
+            }
+            int32_t s[4];
+            vst1q_s32(s, sum4(acc[0], acc[1], acc[2], acc[3]));
+            for (int l = 0; l < 4; l++)
+                raw[l * chunks + j] = s[l];
+        }
+    }
+}
+
+/* One row's side of the eq_rowvals: a pointer per sub-block or a constant. */
+static inline float32x4_t vals4(const eq_rowvals *v, int64_t j, int64_t s)
+{
+    int64_t at = j * v->row + s * v->sub;
+    if (v->sub == 0)
+        return vdupq_n_f32(v->f16 ? eq_half_to_float(((const uint16_t *)v->p)[at]) : ((const float *)v->p)[at]);
+    if (v->f16)
+        return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)v->p + at)));
+    return vld1q_f32((const float *)v->p + at);
+}
+
+static inline int32x4_t offs4(const eq_rowscale *rs, int64_t j, int64_t s)
+{
+    if (rs->zeros) {
+        if (rs->zsub == 0)
+            return vdupq_n_s32((int32_t)rs->zeros[j * rs->zrow] - rs->zero_bias);
+        const uint8_t *z = rs->zeros + j * rs->zrow + s;
+        int32_t v[4] = {z[0], z[1], z[2], z[3]};
+        return vsubq_s32(vld1q_s32(v), vdupq_n_s32(rs->zero_bias));
+    }
+    return rs->offs ? vld1q_s32(rs->offs + j * rs->nsub + s) : vdupq_n_s32(rs->off);
+}
+
+/* Full blocks of eight sub-blocks in two vectors of four partials (partials 0-3 and 4-7, the
+ * same operations as the scalar rule), the rest and the ordered final sum in scalar code. */
+static void combine(const eq_rowscale *rs, int nr, const int32_t *raw, int64_t rstride,
+                    const int32_t *xsum, const float *xs, float *y)
+{
+    for (int j = 0; j < nr; j++) {
+        const int32_t *r = raw + j * rstride;
+        float32x4_t a[2] = {vdupq_n_f32(0), vdupq_n_f32(0)}, am[2] = {vdupq_n_f32(0), vdupq_n_f32(0)};
+        int64_t s = 0;
+        for (; s + EQ_PARTIALS <= rs->nsub; s += EQ_PARTIALS)
+            for (int h = 0; h < 2; h++) {
+                int64_t at = s + 4 * h;
+                int32x4_t q = vld1q_s32(xsum + at);
+                int32x4_t isum = vsubq_s32(vmulq_s32(vld1q_s32(r + at), vdupq_n_s32(rs->mult)),
+                                           vmulq_s32(offs4(rs, j, at), q));
+                float32x4_t x = vld1q_f32(xs + at);
+                a[h] = vaddq_f32(a[h], vmulq_f32(vcvtq_f32_s32(isum), vmulq_f32(x, vals4(&rs->ws, j, at))));
+                if (rs->wm.p)
+                    am[h] = vaddq_f32(am[h], vmulq_f32(vcvtq_f32_s32(q), vmulq_f32(x, vals4(&rs->wm, j, at))));
+            }
+        float part[EQ_PARTIALS], partm[EQ_PARTIALS];
+        vst1q_f32(part, a[0]);
+        vst1q_f32(part + 4, a[1]);
+        vst1q_f32(partm, am[0]);
+        vst1q_f32(partm + 4, am[1]);
+        y[j] = eq_combine_finish(rs, j, r, xsum, xs, s, part, partm);
+    }
+}
+
+static int plan(const eq_qmatrix *w, int64_t m, eq_plan *p)
+{
+    const int64_t group = w->pack_group;
+    if (w->k % EQ_SLOT)
+        return 0;
+    *p = (eq_plan){.decoded = 1};
+    switch (w->kind) {
+    case EQ_INT8:
+        *p = (eq_plan){.adjust = 128};  /* the codes are signed bytes: c = u - 128 */
+        return 1;
+    case EQ_INT8_ASYM:
+        *p = (eq_plan){.flip = 1, .adjust = 128};
+        return 1;
+    case EQ_INT4:
+    case EQ_INT4_ASYM:
+        if (m == 1 && group == 32)
+            p->gemv = gemv_nib32;
+        return 1;
+    case EQ_POW2:
+        if (m == 1 && group == 32) {
+            p->gemv = gemv_pow2_32;
+            p->adjust = EQ_OFFSET_POW2;  /* the table gives c itself */
+        } else {
+            p->flip = 1;  /* decoded bytes reach 128 */
+            p->adjust = 128;
+        }
+        return 1;
+    case EQ_TERNARY_2BIT:
+        if (m == 1 && group == 64)
+            p->gemv = gemv_crumb64;
+        else if (m == 1 && group % 128 == 0)
+            p->gemv = gemv_crumb_planar;
+        return 1;
+    default:  /* base-3, binary: decoded bytes 0..2, 0..1 */
+        return 1;
+    }
+}
+
 /* ---- activation quantization ---------------------------------------------------------------- */
 
 static void quantize_block(const float *x, int64_t n, int8_t *q, float *scale)
@@ -238,4 +474,7 @@ const eq_simd_table TABLE = {
     .quantize_block = quantize_block,
     .halves_to_float = halves_to_float,
     .popcount_xor = popcount_xor,
+    .plan = plan,
+    .slots = slots,
+    .combine = combine,
 };

@@ -114,6 +114,57 @@ void eq_dot_scalar(const uint8_t *u, const int8_t *x, int64_t k, int64_t sub,
     }
 }
 
+/* ---- the float sum (phase 2 of every matmul) ------------------------------------------- */
+
+/* The value of row j, sub-block s (see eq_rowvals). */
+static inline float rowval(const eq_rowvals *v, int64_t j, int64_t s)
+{
+    int64_t at = j * v->row + s * v->sub;
+    return v->f16 ? eq_half_to_float(((const uint16_t *)v->p)[at]) : ((const float *)v->p)[at];
+}
+
+static inline int32_t rowoff(const eq_rowscale *rs, int64_t j, int64_t s)
+{
+    if (rs->zeros)
+        return (int32_t)rs->zeros[j * rs->zrow + s * rs->zsub] - rs->zero_bias;
+    return rs->offs ? rs->offs[j * rs->nsub + s] : rs->off;
+}
+
+void eq_combine_partials(const eq_rowscale *rs, int j, const int32_t *raw, const int32_t *xsum,
+                         const float *xs, int64_t s, float *part, float *partm)
+{
+    for (int p = (int)(s % EQ_PARTIALS); s < rs->nsub; s++, p = (p + 1) % EQ_PARTIALS) {
+        /* uint32: wraps like the reference's int32 cast, no UB */
+        int32_t isum = (int32_t)((uint32_t)rs->mult * (uint32_t)raw[s] -
+                                 (uint32_t)rowoff(rs, j, s) * (uint32_t)xsum[s]);
+        part[p] += (float)isum * (xs[s] * rowval(&rs->ws, j, s));
+        if (rs->wm.p)
+            partm[p] += (float)xsum[s] * (xs[s] * rowval(&rs->wm, j, s));
+    }
+}
+
+float eq_combine_finish(const eq_rowscale *rs, int j, const int32_t *raw, const int32_t *xsum,
+                        const float *xs, int64_t s, float *part, float *partm)
+{
+    eq_combine_partials(rs, j, raw, xsum, xs, s, part, partm);
+    /* partials added in a fixed order (no FMA: -ffp-contract=off): the same bits everywhere */
+    float y = 0.0f, ym = 0.0f;
+    for (int p = 0; p < EQ_PARTIALS; p++)
+        y += part[p];
+    for (int p = 0; p < EQ_PARTIALS; p++)
+        ym += partm[p];
+    return y + ym;
+}
+
+void eq_combine_scalar(const eq_rowscale *rs, int nr, const int32_t *raw, int64_t rstride,
+                       const int32_t *xsum, const float *xs, float *y)
+{
+    for (int j = 0; j < nr; j++) {
+        float part[EQ_PARTIALS] = {0}, partm[EQ_PARTIALS] = {0};
+        y[j] = eq_combine_finish(rs, j, raw + j * rstride, xsum, xs, 0, part, partm);
+    }
+}
+
 /* ---- activation quantization ------------------------------------------------------------ */
 
 void eq_quantize_block_scalar(const float *x, int64_t n, int8_t *q, float *scale)
@@ -200,4 +251,6 @@ const eq_simd_table eq_table_scalar = {
     .quantize_block = eq_quantize_block_scalar,
     .halves_to_float = halves_scalar,
     .popcount_xor = eq_popcount_xor_scalar,
+    .plan = NULL,  /* the generic decode + dot path defines the results */
+    .combine = eq_combine_scalar,
 };

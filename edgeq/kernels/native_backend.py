@@ -9,8 +9,17 @@ Everything the C code will touch is validated here first: component dtypes, shap
 QTensor spec, C-contiguity, block sizes, so a kernel never reads or writes outside its
 buffers. Bad input raises FormatError (a weight component) or ValueError (an argument).
 When the reference's int32 accumulator bound fails, the call goes to the numpy reference.
+
+Per-call cost is kept low for decode loops (thousands of small GEMVs per second): a weight is
+validated once and its C struct kept with the QTensor (``_matrix``); the cffi views of the
+last activation, scale and output arrays are reused when the caller passes the same arrays
+again; ``matmul(..., out=)`` writes into the caller's array. Float16 scales are not copied to
+float32 (the kernels convert them in registers), so a weight costs no memory beyond its file.
+Threads: ``set_threads(n)``, else EDGEQ_THREADS as read at import, else every core
+(edgeq.kernels.backends); the C side keeps a pool of worker threads between calls.
 """
 
+import math
 import os
 import weakref
 
@@ -29,7 +38,8 @@ NAME = "native"
 KIND_IDS = {"int8": 0, "int8_asym": 1, "int4": 2, "int4_asym": 3, "ternary_2bit": 4,
             "ternary_base3": 5, "binary": 6, "pow2": 7}
 _STATUS = {-1: (ValueError, "rejected its arguments"), -2: (MemoryError, "ran out of memory"),
-           -3: (RuntimeError, "could not start a thread")}
+           -3: (ValueError, "got activations containing NaN or inf")}
+_INT8, _FLOAT32 = np.dtype(np.int8), np.dtype(np.float32)
 
 if lib.eq_qmatrix_size() != ffi.sizeof("eq_qmatrix"):
     raise ImportError("edgeq._native was built from a different edgeq_native.h; rebuild it")
@@ -63,6 +73,29 @@ if _forced:
         raise ImportError(f"EDGEQ_SIMD={_forced}: {e}") from None
 
 
+# ---- threads ---------------------------------------------------------------------------------
+
+def set_threads(n: int | None) -> None:
+    """Threads for every native kernel call; None: EDGEQ_THREADS, else every core.
+
+    The setting is read here and at import, not on every call (an unset variable costs a
+    microsecond to look up, as much as a small GEMV)."""
+    global _thread_count
+    _thread_count = backends.threads() if n is None else _positive_int(n, "thread count")
+
+
+def threads() -> int:
+    """Threads the native kernels use."""
+    return _thread_count
+
+
+def pool_workers() -> int:
+    """Worker threads the C pool has started so far (they are kept between calls)."""
+    return lib.eq_pool_workers()
+
+
+# ---- checks --------------------------------------------------------------------------------
+
 def _check(status: int, what: str) -> None:
     if status != 0:
         error, text = _STATUS.get(status, (RuntimeError, f"failed with status {status}"))
@@ -72,7 +105,7 @@ def _check(status: int, what: str) -> None:
 def _array(a, dtype, shape: tuple, what: str, error=ValueError) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise error(f"{what} must be a numpy array, got {type(a).__name__}")
-    if a.dtype != dtype or tuple(a.shape) != tuple(shape):
+    if a.dtype != dtype or a.shape != tuple(shape):
         raise error(f"{what} is {a.dtype}{tuple(a.shape)}, expected {np.dtype(dtype)}{tuple(shape)}")
     if not a.flags.c_contiguous:
         raise error(f"{what} must be C-contiguous")
@@ -83,6 +116,30 @@ def _positive_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
     return int(value)
+
+
+class _LastPointer:
+    """The cffi view of the array passed last, reused while the same array comes back.
+
+    Holding the view keeps the array's buffer exported, so numpy cannot reallocate it in the
+    meantime; the (array, view) pair is replaced as one tuple, which is safe across threads."""
+
+    __slots__ = ("entry", "ctype")
+
+    def __init__(self, ctype: str):
+        self.ctype = ctype
+        self.entry = (None, None)
+
+    def __call__(self, a: np.ndarray):
+        entry = self.entry
+        if entry[0] is a:
+            return entry[1]
+        ptr = ffi.from_buffer(self.ctype, a)
+        self.entry = (a, ptr)
+        return ptr
+
+
+_xq_ptr, _xs_ptr, _out_ptr = _LastPointer("int8_t[]"), _LastPointer("float[]"), _LastPointer("float[]")
 
 
 # ---- weights -------------------------------------------------------------------------------
@@ -107,12 +164,14 @@ class _Matrix:
         self.arrays = {name: _array(qt.data[name], dtype, shape, f"{where} component {name!r}",
                                     FormatError)
                        for name, (dtype, shape) in expected.items()}
+        self.data = qt.data
+        self.identity = tuple(self.arrays.items())
         self.kind = weight_kind(spec)
-        rows, k = qt.shape
+        self.rows, self.k = qt.shape
         w = ffi.new("eq_qmatrix *")
         w.kind = KIND_IDS[self.kind]
-        w.rows, w.k = rows, k
-        w.pack_group = spec.group_size if spec.granularity == "group" else k
+        w.rows, w.k = self.rows, self.k
+        w.pack_group = spec.group_size if spec.granularity == "group" else self.k
         w.row_bytes = self.arrays["codes"].shape[1]
         w.scale_block = qt.scale_block
         scales = self.arrays["scales"]
@@ -131,42 +190,59 @@ class _Matrix:
         self.max_abs_code = layout.max_abs_code(spec)
         self.scale_block = qt.scale_block
         self.block_sums_fn = getattr(lib, f"eq_block_sums_{self.kind}_q8")
-        self.vec_dot_fn = getattr(lib, f"eq_vec_dot_{self.kind}_q8")
         self.gemm_fn = getattr(lib, f"eq_gemm_{self.kind}_q8")
-        self._fits: dict[int, bool] = {}
+        self._subs: dict[int, tuple[int, bool]] = {}
+
+    def sub_block(self, act_block: int) -> tuple[int, bool]:
+        """(sub-block, whether the reference's int32 bound holds) for an activation block."""
+        known = self._subs.get(act_block)
+        if known is None:
+            sub = ref.sub_block_size(self.scale_block, act_block)
+            known = self._subs[act_block] = (sub, self.fits_int32(sub))
+        return known
 
     def fits_int32(self, sub: int) -> bool:
-        """The reference's int32 bound for sub-blocks of `sub` codes (cached per sub)."""
-        fits = self._fits.get(sub)
-        if fits is None:
-            fits = self._fits[sub] = ref.accumulator_dtype(sub, self.max_abs_code) == np.int32
-        return fits
+        return ref.accumulator_dtype(sub, self.max_abs_code) == np.int32
 
     def still_matches(self, qt: QTensor) -> bool:
-        return all(qt.data.get(name) is a for name, a in self.arrays.items()) and \
-            len(qt.data) == len(self.arrays)
+        """Nobody swapped an array inside qt.data since validation."""
+        data = qt.data
+        if data is not self.data or len(data) != len(self.identity):
+            return False
+        for name, a in self.identity:
+            if data.get(name) is not a:
+                return False
+        return True
 
 
-#: QTensor -> its validated struct; weights are validated once, not on every call
-_matrices: "weakref.WeakKeyDictionary[QTensor, _Matrix]" = weakref.WeakKeyDictionary()
+#: id(QTensor) -> (weak reference to it, its validated struct): weights are validated once
+_matrices: dict[int, tuple[weakref.ref, _Matrix]] = {}
+
+
+def _forget(key: int, ref_: weakref.ref) -> None:
+    entry = _matrices.get(key)
+    if entry is not None and entry[0] is ref_:
+        del _matrices[key]
 
 
 def _matrix(qt: QTensor) -> _Matrix:
-    try:
-        cached = _matrices.get(qt)
-    except TypeError:
-        cached = None
-    if cached is not None and cached.still_matches(qt):
-        return cached
+    entry = _matrices.get(id(qt))
+    if entry is not None and entry[0]() is qt and entry[1].still_matches(qt):
+        return entry[1]
     matrix = _Matrix(qt)
+    key = id(qt)
     try:
-        _matrices[qt] = matrix
+        ref_ = weakref.ref(qt, lambda r, key=key: _forget(key, r))
     except TypeError:  # not weak-referenceable: validate every call
-        pass
+        return matrix
+    _matrices[key] = (ref_, matrix)
     return matrix
 
 
 def _activations(xq, k: int) -> np.ndarray:
+    if type(xq) is np.ndarray and xq.ndim == 2 and xq.dtype == _INT8 and xq.shape[1] == k \
+            and xq.flags.c_contiguous:
+        return xq
     if not isinstance(xq, np.ndarray) or xq.ndim != 2:
         raise ValueError(f"quantized activations must be a 2-D int8 array, got "
                          f"{getattr(xq, 'shape', type(xq).__name__)}")
@@ -188,8 +264,6 @@ def quantize_act(x, block):
     scales = np.empty((m, k // block), dtype=np.float32)
     if m == 0:
         return q, scales
-    if not np.isfinite(x).all():
-        raise ValueError("activations contain NaN or inf")
     _check(lib.eq_quantize_q8(ffi.from_buffer("float[]", x), m, k, block,
                               ffi.from_buffer("int8_t[]", q), ffi.from_buffer("float[]", scales)),
            "quantize_act")
@@ -211,33 +285,40 @@ def block_sums(qt, xq, sub_block):
     if m == 0:
         return out
     _check(matrix.block_sums_fn(matrix.ptr, ffi.from_buffer("int8_t[]", xq), m, sub,
-              ffi.from_buffer("int32_t[]", out), backends.threads()), "block_sums")
+              ffi.from_buffer("int32_t[]", out), _thread_count), "block_sums")
     return out
 
 
-def matmul(qt, xq, xs, act_block):
-    """float32 (m, n): block sums with weight and activation scales applied (GEMV for m = 1)."""
+def matmul(qt, xq, xs, act_block, out=None):
+    """float32 (m, n): block sums with weight and activation scales applied (GEMV for m = 1).
+
+    out: an optional float32 (m, n) C-contiguous array to write into (returned)."""
     matrix = _matrix(qt)
-    n, k = qt.shape
+    n, k = matrix.rows, matrix.k
     xq = _activations(xq, k)
-    act_block = _positive_int(act_block, "act_block")
-    if k % act_block:
-        raise ValueError(f"act_block {act_block} does not divide the row length {k}")
+    if type(act_block) is not int:
+        act_block = _positive_int(act_block, "act_block")
+    if act_block <= 0 or k % act_block:
+        raise ValueError(f"act_block {act_block} must be positive and divide the row length {k}")
     m = xq.shape[0]
-    xs = _array(xs, np.float32, (m, k // act_block), "activation scales")
-    sub = ref.sub_block_size(matrix.scale_block, act_block)
-    if not matrix.fits_int32(sub):
-        return numpy_backend.matmul(qt, xq, xs, act_block)
-    out = np.empty((m, n), dtype=np.float32)
+    if not (type(xs) is np.ndarray and xs.dtype == _FLOAT32 and xs.shape == (m, k // act_block)
+            and xs.flags.c_contiguous):
+        _array(xs, np.float32, (m, k // act_block), "activation scales")
+    sub, fits = matrix.sub_block(act_block)
+    if out is None:
+        out = np.empty((m, n), dtype=np.float32)
+    elif not (type(out) is np.ndarray and out.dtype == _FLOAT32 and out.shape == (m, n)
+              and out.flags.c_contiguous and out.flags.writeable):
+        _array(out, np.float32, (m, n), "out")
+        if not out.flags.writeable:
+            raise ValueError("out is read-only")
+    if not fits:
+        out[...] = numpy_backend.matmul(qt, xq, xs, act_block)
+        return out
     if m == 0:
         return out
-    xq_p, xs_p, out_p = (ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xs),
-                         ffi.from_buffer("float[]", out))
-    if m == 1:
-        status = matrix.vec_dot_fn(matrix.ptr, xq_p, xs_p, act_block, out_p, backends.threads())
-    else:
-        status = matrix.gemm_fn(matrix.ptr, xq_p, xs_p, m, act_block, out_p, backends.threads())
-    _check(status, "matmul")
+    _check(matrix.gemm_fn(matrix.ptr, _xq_ptr(xq), _xs_ptr(xs), m, act_block, _out_ptr(out),
+                          _thread_count), "matmul")
     return out
 
 
@@ -245,7 +326,7 @@ def xnor(w_bits, x_bits, k):
     """Sign-vector dot products k - 2 popcount(w XOR x): int32 (m, n)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    kb = -(-int(k) // 8)
+    kb = math.ceil(int(k) / 8)
     for what, a in (("weight bits", w_bits), ("activation bits", x_bits)):
         if not isinstance(a, np.ndarray) or a.ndim != 2:
             raise ValueError(f"{what} must be a 2-D uint8 array")
@@ -257,10 +338,12 @@ def xnor(w_bits, x_bits, k):
         return out
     _check(lib.eq_xnor_gemm_binary(ffi.from_buffer("uint8_t[]", w_bits), n,
                                    ffi.from_buffer("uint8_t[]", x_bits), m, kb, int(k),
-                                   ffi.from_buffer("int32_t[]", out), backends.threads()),
+                                   ffi.from_buffer("int32_t[]", out), _thread_count),
            "xnor")
     return out
 
+
+_thread_count = backends.threads()
 
 register("quantize_act", "*", NAME)(quantize_act)
 register("xnor", "binary", NAME)(xnor)

@@ -13,8 +13,8 @@ checked against the reference the moment it registers.
 from typing import Callable
 
 OPERATIONS = ("quantize_act", "block_sums", "matmul", "xnor")
-WEIGHT_KINDS = ("int8", "int8_asym", "int4", "int4_asym", "ternary_2bit", "ternary_base3",
-                "binary", "pow2")
+WEIGHT_KINDS = ("int8", "int8_asym", "int4", "int4_asym", "int3", "int3_asym", "int2", "int2_asym",
+                "ternary_2bit", "ternary_base3", "binary", "pow2")
 
 KERNELS: dict[tuple[str, str], dict[str, Callable]] = {}
 

@@ -57,6 +57,34 @@ WEIGHTS = [
 ]
 
 
+#: (qtype, granularity, group_size, symmetric, packing, rows, k, activation blocks): shapes that
+#: reach every fused path of the C matmul (native/engine.c): odd group counts and partial
+#: blocks of 8 slots, blocks of 8 rows with a remainder, tiles of 4 activation rows with a
+#: remainder (m = 6), scales, mins and zero points expanded (group > sub-block), slot sums
+#: folded into larger sub-blocks (activation blocks of 64 or the whole row).
+FUSED = [
+    ("int4", "group", 32, True, "", 11, 544, (32, 544)),
+    ("int4", "group", 32, False, "", 9, 576, (32, 64)),
+    ("int4", "group", 64, True, "", 9, 320, (32, 64)),
+    ("int4", "group", 128, False, "", 10, 384, (32,)),
+    ("pow2", "group", 32, True, "", 9, 544, (32,)),
+    ("pow2", "row", 0, True, "", 9, 320, (32, 320)),
+    ("ternary", "group", 64, True, "2bit", 9, 320, (32, 64)),
+    ("ternary", "group", 128, True, "2bit", 9, 384, (32,)),
+    ("ternary", "row", 0, True, "2bit", 9, 384, (32, 384)),
+    ("ternary", "row", 0, True, "2bit", 9, 512, (32,)),
+    ("ternary", "row", 0, True, "2bit", 9, 576, (32,)),
+    ("ternary", "row", 0, True, "base3", 9, 320, (32,)),
+    ("int8", "row", 0, True, "", 9, 288, (32, 288)),
+    ("int8", "group", 32, True, "", 10, 288, (32,)),
+    ("int8", "tensor", 0, True, "", 9, 256, (32,)),
+    ("int8", "row", 0, False, "", 9, 256, (32,)),
+    ("int8", "group", 32, False, "", 9, 256, (32,)),
+    ("int8", "group", 64, False, "", 9, 320, (32,)),
+    ("binary", "row", 0, True, "", 9, 320, (32,)),
+]
+
+
 def random_qtensor(rng, qtype, granularity, group, symmetric, packing, rows, k) -> QTensor:
     spec = QuantSpec(qtype, granularity, group, symmetric, packing)
     layout = get_layout(qtype)
@@ -125,6 +153,17 @@ def weight_cases(rng):
                 yield weight_header(qt, OP_MATMUL, m, act_block), weight_arrays(qt) + [xq, xs, y]
 
 
+def fused_cases(rng):
+    for qtype, gran, group, sym, packing, rows, k, act_blocks in FUSED:
+        qt = random_qtensor(rng, qtype, gran, group, sym, packing, rows, k)
+        for m in (1, 6):
+            xq = activation_codes(rng, m, k)
+            for act_block in act_blocks:
+                xs = (rng.random((m, k // act_block)) * 0.1).astype(np.float32)
+                y = numpy_backend.matmul(qt, xq, xs, act_block)
+                yield weight_header(qt, OP_MATMUL, m, act_block), weight_arrays(qt) + [xq, xs, y]
+
+
 def xnor_cases(rng):
     for n, m, k in ((3, 1, 7), (4, 2, 64), (2, 3, 200), (5, 2, 1031)):
         kb = -(-k // 8)
@@ -136,7 +175,8 @@ def xnor_cases(rng):
 def golden_bytes() -> bytes:
     """The whole file, deterministically (tests compare it with the stored copy)."""
     rng = np.random.default_rng(20240601)
-    cases = list(quantize_cases(rng)) + list(weight_cases(rng)) + list(xnor_cases(rng))
+    cases = (list(quantize_cases(rng)) + list(weight_cases(rng)) + list(fused_cases(rng))
+             + list(xnor_cases(rng)))
     out = bytearray(b"EQNG" + struct.pack("<II", 1, len(cases)))
     for header, arrays in cases:
         out += struct.pack("<12q", *header) + struct.pack("<I", len(arrays))

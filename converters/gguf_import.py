@@ -1,0 +1,473 @@
+"""Import a llama-family GGUF file into an .eqm, tensor by tensor.
+
+    import_gguf("model.gguf", "model.eqm", qtype="keep")
+
+Steps:
+ 1. scan_gguf walks the container (header, key/values, tensor infos) against the file size
+    before gguf-py's GGUFReader reads it, so a truncated or hostile file is a FormatError (and
+    never an endless loop over a lying array length); unknown tensor types and big-endian files
+    are UnsupportedError.
+ 2. llama_config maps the metadata to the config dict of edgeq.models.llama (keys documented
+    there) and checks every tensor name and shape against it.
+ 3. Each tensor is converted and handed to a PackedWriter, then dropped, so peak memory is one
+    tensor (plus gguf-py's parsed metadata):
+      - Q8_0, Q4_0, Q4_1, TQ1_0, TQ2_0: exact repacking (converters.gguf_quants);
+      - F32, F16, BF16: float arrays (1-D tensors always float32; BF16 widens exactly);
+      - other types: dequantized by gguf.quants and quantized again (gguf_quants.fallback_qtype).
+    With qtype other than "keep", every 2-D weight except token_embd.weight (unless
+    quantize_embeddings) is dequantized and quantized to that type; a tensor whose exact import
+    already has the requested spec (e.g. Q4_1 asked as int4 asymmetric group 32) stays exact.
+
+The tensors keep their GGUF names (token_embd.weight, blk.N.attn_q.weight, ...) and numpy
+shapes (out_features, in_features): GGUF lists dimensions innermost first (ne order), so a
+tensor with ne = [576, 1536] is a (1536, 576) matrix.
+
+Header written: config (edgeq.models.llama), tokenizer (BPETokenizer.to_header(): tokens,
+merges, token types, special ids, pre-tokenizer name, add_bos/add_eos, chat template), metadata:
+    {"source": {"format": "gguf", "file": name, "version": 2|3, "general": {general.* keys}},
+     "import": {"qtype", "group_size", "symmetric", "quantize_embeddings",
+                "tensors": {name: {"source_type": "Q4_1", "stored": "int4 asym g32", "exact": bool,
+                                   "max_abs_error": float, "rel_rms_error": float   (not exact)}},
+                "requantized": [names of tensors whose numbers changed]}}
+rel_rms_error is sqrt(sum (w' - w)^2 / sum w^2) against the GGUF's own (dequantized) values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import mmap
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf import GGUFReader
+
+from edgeq.converters import gguf_quants as gq
+from edgeq.errors import FormatError, UnsupportedError
+from edgeq.format import PackedWriter
+from edgeq.qtypes import QTensor, QuantSpec, from_components, get_layout, quantize
+from edgeq.tokenizer.bpe import BPETokenizer
+
+log = logging.getLogger(__name__)
+
+QTYPES = ("keep", "int8", "int4", "ternary", "binary", "pow2")
+#: GGUF architecture -> RoPE pairing llama.cpp uses for it ("norm": adjacent pairs, because
+#: the HF->GGUF converter permutes q/k rows for llama; "neox": pairs (i, i + rope_dim/2))
+ROPE_TYPES = {"llama": "norm", "qwen2": "neox"}
+EMBEDDING = "token_embd.weight"
+#: values per chunk when re-quantizing, to bound the float32 temporaries
+CHUNK_VALUES = 1 << 22
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """qtype "keep" imports exactly where edgeq can; another qtype re-quantizes 2-D weights.
+    group_size None means 32 for int8/int4 and the layout's default (per row) otherwise."""
+
+    qtype: str = "keep"
+    group_size: int | None = None
+    symmetric: bool = True
+    quantize_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.qtype not in QTYPES:
+            raise UnsupportedError(f"qtype {self.qtype!r}: choose from {', '.join(QTYPES)}")
+        if self.group_size is not None and (not isinstance(self.group_size, int)
+                                            or isinstance(self.group_size, bool) or self.group_size <= 0):
+            raise ValueError(f"group_size must be a positive integer or None, got {self.group_size!r}")
+
+
+# --- 1. the container --------------------------------------------------------------------
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+_MAX_NESTING = 4
+GGUF_VERSIONS = (2, 3)
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads over a memory map."""
+
+    def __init__(self, buf, path: Path):
+        self.buf, self.path, self.pos = buf, path, 0
+
+    def left(self) -> int:
+        return len(self.buf) - self.pos
+
+    def take(self, n: int, what: str) -> int:
+        if n > self.left():
+            raise FormatError(f"{self.path}: truncated in {what}: needs {n} bytes at offset "
+                              f"{self.pos}, {self.left()} left")
+        start, self.pos = self.pos, self.pos + n
+        return start
+
+    def u32(self, what: str) -> int:
+        return struct.unpack_from("<I", self.buf, self.take(4, what))[0]
+
+    def u64(self, what: str) -> int:
+        return struct.unpack_from("<Q", self.buf, self.take(8, what))[0]
+
+    def string(self, what: str) -> str:
+        n = self.u64(what)
+        start = self.take(n, what)
+        try:
+            return bytes(self.buf[start:start + n]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"{self.path}: {what} is not UTF-8") from None
+
+    def count(self, n: int, min_size: int, what: str) -> int:
+        """A count of items of at least min_size bytes each, checked against the bytes left."""
+        if n * min_size > self.left():
+            raise FormatError(f"{self.path}: {what} claims {n} items, more than the file holds")
+        return n
+
+
+def _skip_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> None:
+    if vtype in _SCALAR_SIZES:
+        cur.take(_SCALAR_SIZES[vtype], what)
+    elif vtype == _STRING:
+        cur.string(what)
+    elif vtype == _ARRAY:
+        if depth >= _MAX_NESTING:
+            raise FormatError(f"{cur.path}: {what} nests arrays deeper than {_MAX_NESTING}")
+        etype = cur.u32(what)
+        n = cur.u64(what)
+        if etype in _SCALAR_SIZES:
+            cur.take(cur.count(n, _SCALAR_SIZES[etype], what) * _SCALAR_SIZES[etype], what)
+        elif etype in (_STRING, _ARRAY):
+            for i in range(cur.count(n, 8 if etype == _STRING else 12, what)):
+                _skip_value(cur, etype, f"{what}[{i}]", depth + 1)
+        else:
+            raise FormatError(f"{cur.path}: {what}: unknown array element type {etype}")
+    else:
+        raise FormatError(f"{cur.path}: {what}: unknown value type {vtype}")
+
+
+def scan_gguf(path: Path) -> None:
+    """Validate the GGUF container: every length within the file, known types, tensor data in
+    bounds. Raises FormatError or UnsupportedError; returns None when gguf-py may read it."""
+    size = path.stat().st_size
+    if size < 24:
+        raise FormatError(f"{path}: {size} bytes is too short for a GGUF header (24 bytes)")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        cur = _Cursor(buf, path)
+        if bytes(buf[:4]) != b"GGUF":
+            raise FormatError(f"{path}: bad magic: expected b'GGUF', found {bytes(buf[:4])!r}")
+        cur.take(4, "magic")
+        version = cur.u32("version")
+        if version & 0xFFFF == 0 and version:
+            raise UnsupportedError(f"{path}: big-endian GGUF files are not supported")
+        if version not in GGUF_VERSIONS:
+            raise UnsupportedError(f"{path}: GGUF version {version}; edgeq reads {GGUF_VERSIONS}")
+        n_tensors = cur.u64("tensor count")
+        n_kv = cur.u64("key/value count")
+        alignment = 32
+        for _ in range(cur.count(n_kv, 13, "key/value count")):
+            key = cur.string("a metadata key")
+            vtype = cur.u32(f"type of {key!r}")
+            if key == "general.alignment" and vtype == _UINT32:
+                alignment = struct.unpack_from("<I", buf, cur.pos)[0]
+            _skip_value(cur, vtype, f"value of {key!r}")
+        if alignment == 0 or alignment & (alignment - 1):
+            raise FormatError(f"{path}: general.alignment must be a power of two, found {alignment}")
+        infos, names = [], set()
+        for _ in range(cur.count(n_tensors, 28, "tensor count")):
+            infos.append(_tensor_info(cur, names))
+        data_start = -(-cur.pos // alignment) * alignment
+        for name, offset, nbytes in infos:
+            if data_start + offset + nbytes > size:
+                raise FormatError(f"{path}: tensor {name!r} data ends at byte "
+                                  f"{data_start + offset + nbytes}, past the end of the file "
+                                  f"({size} bytes): truncated?")
+
+
+def _tensor_info(cur: _Cursor, names: set) -> tuple[str, int, int]:
+    name = cur.string("a tensor name")
+    if name in names:
+        raise FormatError(f"{cur.path}: tensor {name!r} appears twice")
+    names.add(name)
+    n_dims = cur.u32(f"tensor {name!r} dimension count")
+    if not 1 <= n_dims <= 4:
+        raise FormatError(f"{cur.path}: tensor {name!r}: {n_dims} dimensions, expected 1 to 4")
+    dims = [cur.u64(f"tensor {name!r} dimensions") for _ in range(n_dims)]
+    type_id = cur.u32(f"tensor {name!r} type")
+    offset = cur.u64(f"tensor {name!r} offset")
+    try:
+        ggml_type = T(type_id)
+    except ValueError:
+        raise UnsupportedError(f"{cur.path}: tensor {name!r} has unknown GGML type id {type_id}") from None
+    block, type_size = GGML_QUANT_SIZES[ggml_type]
+    if min(dims) == 0 or dims[0] % block:
+        raise FormatError(f"{cur.path}: tensor {name!r}: dimensions {dims} do not fit "
+                          f"{ggml_type.name} blocks of {block}")
+    return name, offset, math.prod(dims) // block * type_size
+
+
+def read_gguf(path) -> GGUFReader:
+    """Scan, then open with gguf-py's memory-mapped reader."""
+    path = Path(path)
+    scan_gguf(path)
+    try:
+        return GGUFReader(path)
+    except (ValueError, KeyError) as e:  # what gguf-py raises for inconsistencies the scan allows
+        raise FormatError(f"{path}: {e}") from None
+
+
+def read_metadata(reader: GGUFReader) -> dict:
+    """Every key/value as plain Python values (the GGUF.* pseudo-keys left out)."""
+    return {name: _plain(field.contents()) for name, field in reader.fields.items()
+            if not name.startswith("GGUF.")}
+
+
+def _plain(v):
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+# --- 2. config ---------------------------------------------------------------------------
+_REQUIRED = object()
+
+
+def _get(meta: dict, key: str, kind: type, default=_REQUIRED, path: Path | None = None):
+    """meta[key] as an int or float; a per-layer list must hold one value."""
+    v = meta.get(key, default)
+    if v is _REQUIRED:
+        raise FormatError(f"{path}: metadata key {key!r} is missing")
+    if v is None or v is default:
+        return v
+    if isinstance(v, list):
+        if not v or any(x != v[0] for x in v):
+            raise UnsupportedError(f"{path}: {key} differs between layers ({v[:8]}...); "
+                                   f"edgeq needs one value")
+        v = v[0]
+    ok = isinstance(v, (int, float)) if kind is float else isinstance(v, int)
+    if not ok or isinstance(v, bool):
+        raise FormatError(f"{path}: metadata key {key!r} should be {kind.__name__}, found {v!r}")
+    if kind is int and v <= 0:
+        raise FormatError(f"{path}: metadata key {key!r} should be positive, found {v}")
+    return kind(v)
+
+
+def _rope_scaling(meta: dict, arch: str, path: Path) -> dict | None:
+    kind = meta.get(f"{arch}.rope.scaling.type")
+    factor = _get(meta, f"{arch}.rope.scaling.factor", float, None, path)
+    if kind is None and meta.get(f"{arch}.rope.scale_linear") is not None:
+        kind, factor = "linear", _get(meta, f"{arch}.rope.scale_linear", float, None, path)
+    if kind in (None, "none") or (kind == "linear" and factor in (None, 1.0)):
+        return None
+    if kind != "linear":
+        raise UnsupportedError(f"{path}: RoPE scaling {kind!r} is not supported (linear is)")
+    if factor is None or factor <= 0:
+        raise FormatError(f"{path}: linear RoPE scaling needs a positive factor, found {factor}")
+    scaling = {"type": "linear", "factor": factor}
+    orig = _get(meta, f"{arch}.rope.scaling.original_context_length", int, None, path)
+    if orig is not None:
+        scaling["original_context_length"] = orig
+    return scaling
+
+
+def llama_config(meta: dict, shapes: dict[str, tuple], path: Path) -> dict:
+    """The edgeq.models.llama config of a GGUF, checked against its tensors' names and shapes."""
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str):
+        raise FormatError(f"{path}: metadata key 'general.architecture' is missing")
+    if arch not in ROPE_TYPES:
+        raise UnsupportedError(f"{path}: architecture {arch!r} is not supported; "
+                               f"edgeq imports {', '.join(ROPE_TYPES)} GGUF files")
+    if EMBEDDING not in shapes or len(shapes[EMBEDDING]) != 2:
+        raise FormatError(f"{path}: tensor {EMBEDDING!r} (vocab, dim) is missing")
+    dim = _get(meta, f"{arch}.embedding_length", int, path=path)
+    n_heads = _get(meta, f"{arch}.attention.head_count", int, path=path)
+    head_dim = _get(meta, f"{arch}.attention.key_length", int, dim // n_heads, path)
+    if _get(meta, f"{arch}.attention.value_length", int, head_dim, path) != head_dim:
+        raise UnsupportedError(f"{path}: key and value head sizes differ")
+    config = {
+        "architecture": arch,
+        "n_layers": _get(meta, f"{arch}.block_count", int, path=path),
+        "dim": dim,
+        "n_heads": n_heads,
+        "n_kv_heads": _get(meta, f"{arch}.attention.head_count_kv", int, n_heads, path),
+        "head_dim": head_dim,
+        "ffn_dim": _get(meta, f"{arch}.feed_forward_length", int, path=path),
+        "vocab_size": shapes[EMBEDDING][0],
+        "rms_eps": _get(meta, f"{arch}.attention.layer_norm_rms_epsilon", float, path=path),
+        "rope_type": ROPE_TYPES[arch],
+        "rope_theta": _get(meta, f"{arch}.rope.freq_base", float, 10000.0, path),
+        "rope_dim": _get(meta, f"{arch}.rope.dimension_count", int, head_dim, path),
+        "rope_scaling": _rope_scaling(meta, arch, path),
+        "rope_freq_factors": "rope_freqs.weight" in shapes,
+        "context_length": _get(meta, f"{arch}.context_length", int, path=path),
+        "tied_embeddings": "output.weight" not in shapes,
+        "has_qkv_bias": "blk.0.attn_q.bias" in shapes,
+    }
+    if config["n_heads"] % config["n_kv_heads"]:
+        raise FormatError(f"{path}: {n_heads} attention heads are not a multiple of "
+                          f"{config['n_kv_heads']} key/value heads")
+    if config["rope_dim"] > head_dim or config["rope_dim"] % 2:
+        raise FormatError(f"{path}: rope dimension count {config['rope_dim']} must be even and at "
+                          f"most the head size {head_dim}")
+    vocab = meta.get(f"{arch}.vocab_size")
+    if vocab is not None and vocab != config["vocab_size"]:
+        raise FormatError(f"{path}: {arch}.vocab_size is {vocab} but {EMBEDDING} has "
+                          f"{config['vocab_size']} rows")
+    _check_tensors(config, shapes, path)
+    return config
+
+
+def tensor_shapes(config: dict) -> dict[str, tuple]:
+    """GGUF name -> numpy shape of every tensor a llama-family model with this config has."""
+    d, hd, f, v = config["dim"], config["head_dim"], config["ffn_dim"], config["vocab_size"]
+    q, kv = config["n_heads"] * hd, config["n_kv_heads"] * hd
+    shapes = {EMBEDDING: (v, d), "output_norm.weight": (d,)}
+    if not config["tied_embeddings"]:
+        shapes["output.weight"] = (v, d)
+    if config["rope_freq_factors"]:
+        shapes["rope_freqs.weight"] = (config["rope_dim"] // 2,)
+    for i in range(config["n_layers"]):
+        b = f"blk.{i}."
+        shapes.update({b + "attn_norm.weight": (d,), b + "attn_q.weight": (q, d),
+                       b + "attn_k.weight": (kv, d), b + "attn_v.weight": (kv, d),
+                       b + "attn_output.weight": (d, q), b + "ffn_norm.weight": (d,),
+                       b + "ffn_gate.weight": (f, d), b + "ffn_up.weight": (f, d),
+                       b + "ffn_down.weight": (d, f)})
+        if config["has_qkv_bias"]:
+            shapes.update({b + "attn_q.bias": (q,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)})
+    return shapes
+
+
+def _check_tensors(config: dict, shapes: dict[str, tuple], path: Path) -> None:
+    expected = tensor_shapes(config)
+    missing = [n for n in expected if n not in shapes]
+    if missing:
+        raise FormatError(f"{path}: {len(missing)} tensors missing for a {config['n_layers']}-layer "
+                          f"{config['architecture']} model, e.g. {missing[:3]}")
+    extra = [n for n in shapes if n not in expected]
+    if extra:
+        raise UnsupportedError(f"{path}: tensors edgeq's llama decoder does not use: {extra[:5]}")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise FormatError(f"{path}: tensor {name!r} has shape {tuple(shapes[name])}, "
+                              f"expected {shape}")
+
+
+# --- 3. tensors --------------------------------------------------------------------------
+def describe(t) -> str:
+    """Short form of a stored tensor: "int4 asym g32", "float32"."""
+    if not isinstance(t, QTensor):
+        return str(np.asarray(t).dtype)
+    s = t.spec
+    gran = f"g{s.group_size}" if s.granularity == "group" else s.granularity
+    return " ".join(filter(None, [s.qtype, s.packing, "sym" if s.symmetric else "asym", gran]))
+
+
+def target_spec(options: ImportOptions, name: str, shape: tuple[int, int]) -> QuantSpec | None:
+    """The spec a 2-D tensor is re-quantized to, or None to import it as it is."""
+    if options.qtype == "keep" or (name == EMBEDDING and not options.quantize_embeddings):
+        return None
+    group = options.group_size
+    if group is None and options.qtype in ("int8", "int4"):
+        group = 32
+    layout = get_layout(options.qtype)
+    try:
+        spec = layout.make_spec(shape[1], group, options.symmetric, None, "")
+        layout.check_shape(spec, shape)
+    except ValueError as e:
+        raise UnsupportedError(f"tensor {name!r} {shape}: {e}") from None
+    return spec
+
+
+def requantize(name: str, raw: np.ndarray, ggml_type: T, shape: tuple[int, int],
+               spec: QuantSpec) -> tuple[QTensor, dict]:
+    """Dequantize (gguf.quants) and quantize to `spec`, in row chunks; returns the error too."""
+    rows, k = shape
+    step = rows if spec.granularity == "tensor" else max(1, CHUNK_VALUES // k)
+    parts, sq_err, sq_ref, max_err = [], 0.0, 0.0, 0.0
+    for start in range(0, rows, step):
+        w = gq.dequantize(raw[start:start + step], ggml_type, name).reshape(-1, k)
+        try:
+            q = quantize(w, spec.qtype, group_size=spec.group_size or None, symmetric=spec.symmetric,
+                         granularity=spec.granularity, packing=spec.packing)
+        except FormatError as e:
+            raise FormatError(f"tensor {name!r}: {e}") from None
+        err = q.dequantize() - w
+        sq_err += float(np.square(err, dtype=np.float64).sum())
+        sq_ref += float(np.square(w, dtype=np.float64).sum())
+        max_err = max(max_err, float(np.abs(err).max()))
+        parts.append(q.data)
+    data = parts[0] if len(parts) == 1 else {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    qt = from_components(spec, shape, data, where=f"tensor {name!r}")
+    rel = math.sqrt(sq_err / sq_ref) if sq_ref > 0 else 0.0
+    return qt, {"max_abs_error": max_err, "rel_rms_error": rel}
+
+
+def convert_tensor(name: str, raw: np.ndarray, ggml_type: T, shape: tuple[int, ...],
+                   options: ImportOptions):
+    """One GGUF tensor -> (QTensor or float array, its report entry)."""
+    record = {"source_type": ggml_type.name, "exact": True}
+    if len(shape) == 1:
+        return gq.dequantize(raw, ggml_type, name).reshape(shape), record
+    if len(shape) != 2:
+        raise UnsupportedError(f"tensor {name!r}: {len(shape)}-D tensors are not supported")
+    rows, k = shape
+    spec = target_spec(options, name, shape)
+    if spec is None:
+        if ggml_type in gq.EXACT:
+            return gq.import_exact(raw, ggml_type, rows, k), record
+        if ggml_type in (T.F32, T.F16):
+            return raw, record
+        if ggml_type == T.BF16:
+            return gq.dequantize(raw, ggml_type, name), record
+        fb = gq.fallback_qtype(ggml_type)
+        spec = get_layout(fb["qtype"]).make_spec(k, fb["group_size"], fb["symmetric"], None, "")
+    elif gq.EXACT_SPECS.get(ggml_type) == spec:
+        return gq.import_exact(raw, ggml_type, rows, k), record
+    qt, error = requantize(name, raw, ggml_type, shape, spec)
+    return qt, {**record, "exact": False, **error}
+
+
+def _check_types(reader: GGUFReader, path: Path) -> None:
+    """Fail before writing anything if a tensor type can be neither copied nor decoded."""
+    for t in reader.tensors:
+        ggml_type = T(t.tensor_type)
+        if ggml_type not in gq.EXACT and not gq.can_dequantize(ggml_type):
+            raise UnsupportedError(f"{path}: tensor {t.name!r} has GGML type {ggml_type.name}, "
+                                   f"which edgeq cannot import")
+
+
+# --- 4. the import -----------------------------------------------------------------------
+def import_gguf(src, dst, *, qtype: str = "keep", group_size: int | None = None,
+                symmetric: bool = True, quantize_embeddings: bool = False) -> Path:
+    """Convert the GGUF file `src` into the .eqm `dst` (written atomically); returns dst."""
+    options = ImportOptions(qtype, group_size, symmetric, quantize_embeddings)
+    src, dst = Path(src), Path(dst)
+    reader = read_gguf(src)
+    meta = read_metadata(reader)
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    config = llama_config(meta, shapes, src)
+    _check_types(reader, src)
+    tokenizer = BPETokenizer.from_gguf_fields(meta, source=str(src)).to_header()
+    tensors, requantized = {}, []  # filled while writing; the header is written at close
+    metadata = {"source": {"format": "gguf", "file": src.name,
+                           "version": int(reader.fields["GGUF.version"].contents()),
+                           "general": {k: v for k, v in meta.items() if k.startswith("general.")}},
+                "import": {**asdict(options), "tensors": tensors, "requantized": requantized}}
+    with PackedWriter(dst, config=config, tokenizer=tokenizer, metadata=metadata) as writer:
+        for t in reader.tensors:
+            ggml_type = T(t.tensor_type)
+            stored, record = convert_tensor(t.name, t.data, ggml_type, shapes[t.name], options)
+            writer.add(t.name, stored)
+            record["stored"] = describe(stored)
+            tensors[t.name] = record
+            if not record["exact"]:
+                requantized.append(t.name)
+                log.info("%s: %s -> %s, max abs error %.3g, relative RMS error %.3g", t.name,
+                         ggml_type.name, record["stored"], record["max_abs_error"], record["rel_rms_error"])
+    log.info("imported %s -> %s: %d tensors, %d re-quantized", src, dst, len(shapes),
+             len(requantized))
+    return dst
+

@@ -1,0 +1,351 @@
+"""Calibration driver: run a model over calibration samples, record each linear layer's input
+statistics, and quantize its weights by a Recipe, block by block.
+
+    stats  = collect_stats(model, samples, groups)          one forward pass over the samples
+    result = quantize_tensors(tensors, stats, recipe, groups)
+    quantize_packed(src, dst, recipe)                        both, for a whole .eqm file
+
+Input groups (input_groups): the linear layers of a block that read the same input, in
+forward order, with the tensors AWQ's 1/s can be folded into (tensor[first + j] /= s_j):
+
+    llama / qwen2   q, k, v       <- blk.i.attn_norm.weight (RMSNorm: n / s is norm weight / s)
+                    attn_output   <- rows of blk.i.attn_v (+ bias) when n_heads == n_kv_heads
+                                     (with grouped-query attention one v row serves several
+                                     output channels, which AWQ may not scale alike: no fold)
+                    gate, up      <- blk.i.ffn_norm.weight
+                    ffn_down      <- rows of blk.i.ffn_up (silu(g) * u / s = silu(g) * (u / s))
+    bert            qkv, up, down: no fold (post-norm: the LayerNorm output is also the
+                    residual; down follows GELU)
+                    attn_output   <- the v rows of blk.i.attn_qkv (+ bias)
+
+Per layer, recipe.for_layer(name) picks the algorithm. AWQ scales a group only when every
+layer of the group uses awq and the group has fold targets; the scaled layers then get AWQ's
+clipping search on the scaled inputs, other awq layers the clipping search alone.
+
+Capture (until the models expose a hook): each linear weight the model multiplies is swapped,
+for the duration of the pass, for a float32 ndarray subclass (_Recording) whose matmul
+(numpy's __array_ufunc__ protocol) hands the input rows to the group's InputStats and then
+computes the same product on the plain arrays. Quantized weights are dequantized for the pass,
+so statistics always come from the float (or dequantized) model; every block sees inputs of
+the unquantized model before it (not GPTQ's sequential variant). Layers of one group share
+one InputStats (their input is the same), so a pass over `blocks_per_pass` blocks holds one
+k x k float64 Gram matrix per group.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from edgeq.calibrate import data
+from edgeq.calibrate.awq import awq
+from edgeq.calibrate.gptq import gptq
+from edgeq.calibrate.grid import Grid
+from edgeq.calibrate.hqq import hqq
+from edgeq.calibrate.recipe import Recipe, WeightConfig
+from edgeq.calibrate.stats import InputStats, output_error
+from edgeq.errors import UnsupportedError
+from edgeq.qtypes import QTensor, quantize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InputGroup:
+    """Linear layers (weight tensor names) of one block that read one input."""
+
+    block: int
+    layers: tuple[str, ...]
+    folds: tuple[tuple[str, int], ...] = ()  # (tensor name, first index) that 1/s divides
+
+
+def input_groups(config: Mapping) -> list[InputGroup]:
+    """The input groups of a model from its .eqm config, in forward order."""
+    arch = config.get("architecture")
+    if arch in ("llama", "qwen2"):
+        return _llama_groups(config)
+    if arch == "bert":
+        return _bert_groups(config)
+    raise UnsupportedError(f"no calibration layout for architecture {arch!r} (known: llama, qwen2, bert)")
+
+
+def _llama_groups(c: Mapping) -> list[InputGroup]:
+    groups = []
+    for i in range(c["n_layers"]):
+        b = f"blk.{i}."
+        q_rows = c["n_heads"] * c["head_dim"]
+        v_folds = ((b + "attn_v.weight", 0),) + (((b + "attn_v.bias", 0),) if c.get("has_qkv_bias") else ())
+        groups += [
+            InputGroup(i, (b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"),
+                       ((b + "attn_norm.weight", 0),)),
+            InputGroup(i, (b + "attn_output.weight",),
+                       v_folds if c["n_heads"] == c["n_kv_heads"] and q_rows else ()),
+            InputGroup(i, (b + "ffn_gate.weight", b + "ffn_up.weight"), ((b + "ffn_norm.weight", 0),)),
+            InputGroup(i, (b + "ffn_down.weight",), ((b + "ffn_up.weight", 0),)),
+        ]
+    return groups
+
+
+def _bert_groups(c: Mapping) -> list[InputGroup]:
+    groups = []
+    for i in range(c["num_layers"]):
+        b = f"blk.{i}."
+        v = 2 * c["hidden_size"]  # the qkv rows are [q | k | v]
+        groups += [InputGroup(i, (b + "attn_qkv.weight",)),
+                   InputGroup(i, (b + "attn_output.weight",), ((b + "attn_qkv.weight", v), (b + "attn_qkv.bias", v))),
+                   InputGroup(i, (b + "ffn_up.weight",)),
+                   InputGroup(i, (b + "ffn_down.weight",))]
+    return groups
+
+
+# --- capture ----------------------------------------------------------------------------------------
+class _Recording(np.ndarray):
+    """A weight matrix that reports the left operand of every matmul it is the right operand of."""
+
+    def __new__(cls, array: np.ndarray, sink: Callable[[np.ndarray], None]):
+        obj = np.asarray(array, dtype=np.float32).view(cls)
+        obj._sink = sink
+        return obj
+
+    def __array_finalize__(self, obj):
+        self._sink = getattr(obj, "_sink", None)  # views such as W.T keep reporting
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        plain = [a.view(np.ndarray) if isinstance(a, _Recording) else a for a in inputs]
+        if "out" in kwargs:
+            kwargs["out"] = tuple(a.view(np.ndarray) if isinstance(a, _Recording) else a for a in kwargs["out"])
+        if ufunc is np.matmul and method == "__call__" and len(inputs) == 2 and inputs[1] is self:
+            self._sink(plain[0])
+        return getattr(ufunc, method)(*plain, **kwargs)
+
+
+def _float(w) -> np.ndarray:
+    return w.dequantize() if isinstance(w, QTensor) else np.asarray(w, dtype=np.float32)
+
+
+def _llama_install(model, sinks: Mapping[str, Callable]) -> Callable[[], None]:
+    if model.fuse_projections:
+        raise UnsupportedError("calibration needs the separate projections: load the model "
+                               "with fuse_projections=False")
+    saved = list(model.blocks)
+
+    def wrap(name, w):
+        return _Recording(_float(w), sinks[name]) if name in sinks else w
+
+    for i, block in enumerate(saved):
+        b = f"blk.{i}."
+        model.blocks[i] = replace(
+            block,
+            qkv=tuple(wrap(b + n, w) for n, w in zip(("attn_q.weight", "attn_k.weight", "attn_v.weight"), block.qkv)),
+            wo=wrap(b + "attn_output.weight", block.wo),
+            gate_up=tuple(wrap(b + n, w) for n, w in zip(("ffn_gate.weight", "ffn_up.weight"), block.gate_up)),
+            w_down=wrap(b + "ffn_down.weight", block.w_down))
+
+    def restore():
+        model.blocks[:] = saved
+    return restore
+
+
+def _bert_install(model, sinks: Mapping[str, Callable]) -> Callable[[], None]:
+    saved = []
+    for i, layer in enumerate(model.layers):
+        for attr, suffix in (("qkv", "attn_qkv"), ("out", "attn_output"), ("up", "ffn_up"), ("down", "ffn_down")):
+            name = f"blk.{i}.{suffix}.weight"
+            if name not in sinks:
+                continue
+            dense = getattr(layer, attr)
+            saved.append((dense, dense.weight, dense.quantized))
+            w = dense.weight if not dense.quantized else dense.weight.dequantize().T
+            dense.weight, dense.quantized = _Recording(w, sinks[name]), False  # Dense stores W.T
+
+    def restore():
+        for dense, weight, quantized in saved:
+            dense.weight, dense.quantized = weight, quantized
+    return restore
+
+
+def _run(model, samples: np.ndarray, batch_size: int) -> None:
+    if hasattr(model, "blocks"):
+        for ids in samples:  # prefill: logits of the last position only
+            model.prefill(ids, model.new_cache(len(ids)))
+    else:
+        model.embed_ids([list(map(int, ids)) for ids in samples], batch_size=batch_size)
+
+
+def collect_stats(model, samples, groups: Sequence[InputGroup], *, batch_size: int = 8) -> dict[str, InputStats]:
+    """Run `samples` (token id rows) through a LlamaModel or BertEncoder and return the input
+    statistics of every layer in `groups` (layers of one group share one InputStats)."""
+    samples = np.asarray(samples)
+    if samples.ndim != 2 or samples.shape[0] == 0:
+        raise ValueError(f"samples must be a non-empty (n, seq_len) array of token ids, got {samples.shape}")
+    install = _llama_install if hasattr(model, "blocks") else _bert_install
+    stats: dict[str, InputStats] = {}
+    sinks: dict[str, Callable] = {}
+    for group in groups:
+        shared: list[InputStats] = []
+
+        def sink(x, shared=shared):
+            if not shared:
+                shared.append(InputStats(x.shape[-1]))
+            shared[0].update(x)
+        # q, k and v get the same rows: only the first layer of a group records them
+        sinks[group.layers[0]] = sink
+        for name in group.layers[1:]:
+            sinks[name] = lambda x: None
+        stats.update({name: shared for name in group.layers})
+    restore = install(model, sinks)
+    try:
+        _run(model, samples, batch_size)
+    finally:
+        restore()
+    missing = [name for name, shared in stats.items() if not shared]
+    if missing:
+        raise ValueError(f"the model never multiplied {missing[:3]}...: are the group names right?")
+    return {name: shared[0] for name, shared in stats.items()}
+
+
+# --- quantization --------------------------------------------------------------------------------------
+@dataclass
+class LayerReport:
+    name: str
+    config: WeightConfig
+    error: float | None  # ||X W^T - X Q^T||^2 on the calibration rows (None without statistics)
+    awq_scaled: bool = False
+
+
+@dataclass
+class QuantizeResult:
+    tensors: dict[str, object]          # every tensor: quantized layers, folded norms, the rest as given
+    reports: list[LayerReport] = field(default_factory=list)
+
+
+def _needs_stats(config: WeightConfig) -> bool:
+    return config.algorithm in ("gptq", "awq")
+
+
+def _quantize_layer(w: np.ndarray, config: WeightConfig, stats: InputStats | None) -> QTensor:
+    p = config.params
+    if config.algorithm == "rtn":
+        return quantize(w, config.qtype, group_size=config.group_size, symmetric=config.symmetric)
+    grid = Grid(config.qtype, config.group_size, config.symmetric)
+    if config.algorithm == "hqq":
+        return hqq(w, grid, iters=p.iters, p=p.p, beta=p.beta, kappa=p.kappa, optimize_scale=p.optimize_scale)
+    if config.algorithm == "gptq":
+        return gptq(w, stats.hessian(), grid, damp=p.damp, block_size=p.block_size, act_order=p.act_order)
+    # awq: any scaling is already folded in; this is the clipping search alone
+    return awq([w], stats, grid, n_grid=1, clip=p.clip, max_shrink=p.max_shrink).qtensors[0]
+
+
+def apply_awq_scales(floats: dict[str, np.ndarray], stats: Mapping[str, InputStats], recipe: Recipe,
+                     groups: Sequence[InputGroup]) -> tuple[dict[str, InputStats], set[str]]:
+    """Search AWQ's s for every group whose layers all use awq and that has fold targets;
+    scale those layers' columns by s and divide the fold targets by s, in `floats` (float32
+    copies, changed in place). Returns the input statistics as the layers now see them and the
+    names of the scaled layers. The float model computes the same function after this (up to
+    float rounding)."""
+    inputs = dict(stats)
+    scaled: set[str] = set()
+    for group in groups:  # forward order: a fold into an earlier group's rows comes after it was scaled
+        configs = [recipe.for_layer(name) for name in group.layers]
+        if not group.folds or any(c.algorithm != "awq" for c in configs):
+            continue
+        grids = {Grid(c.qtype, c.group_size, c.symmetric) for c in configs}
+        if len(grids) > 1:
+            raise UnsupportedError(f"AWQ layers {group.layers} share an input but not a type: {grids}")
+        p = configs[0].params
+        found = awq([floats[n] for n in group.layers], stats[group.layers[0]], grids.pop(),
+                    n_grid=p.n_grid, clip=False, max_shrink=p.max_shrink)
+        s = found.scales
+        log.info("AWQ %s: alpha %.2f, output error %.4g -> %.4g", group.layers, found.alpha,
+                 found.rtn_error, found.error)
+        for name in group.layers:
+            floats[name] = floats[name] * s
+            inputs[name] = stats[name].scaled(s)
+            scaled.add(name)
+        for name, first in group.folds:
+            t = floats[name]
+            t[first:first + s.shape[0]] /= s.reshape((-1,) + (1,) * (t.ndim - 1))
+    return inputs, scaled
+
+
+def quantize_tensors(tensors: Mapping[str, object], stats: Mapping[str, InputStats], recipe: Recipe,
+                     groups: Sequence[InputGroup]) -> QuantizeResult:
+    """Quantize the layers of `groups` by `recipe`; AWQ scales fold into the named tensors.
+
+    tensors: name -> float array or QTensor (QTensors are dequantized first); stats: from
+    collect_stats (needed for gptq and awq layers). Tensors not in any group pass through.
+    """
+    for group in groups:
+        for name in group.layers:
+            config = recipe.for_layer(name)
+            if _needs_stats(config) and name not in stats:
+                raise ValueError(f"layer {name!r} uses {config.algorithm} but has no calibration statistics")
+    out = dict(tensors)
+    floats = {name: _float(out[name]).copy() for g in groups for name in g.layers + tuple(t for t, _ in g.folds)}
+    inputs, scaled = apply_awq_scales(floats, stats, recipe, groups)
+    reports = []
+    for group in groups:
+        for name in group.layers:
+            config = recipe.for_layer(name)
+            qt = _quantize_layer(floats[name], config, inputs.get(name))
+            error = None
+            if name in inputs:  # scaled layers: ||(X/s)(W s)^T - (X/s) Q^T||^2 = ||X W^T - (X/s) Q^T||^2
+                error = output_error(floats[name], qt.dequantize(), inputs[name].gram)
+            out[name] = qt
+            reports.append(LayerReport(name, config, error, name in scaled))
+    for group in groups:
+        for name, _ in group.folds:
+            if not isinstance(out[name], QTensor):
+                out[name] = floats[name]
+    return QuantizeResult(out, reports)
+
+
+def calibration_samples(model, settings) -> np.ndarray:
+    """Token windows for `settings` (recipe.calibration) with the model's own tokenizer."""
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise UnsupportedError("the model file has no tokenizer: pass calibration samples as token ids")
+    if hasattr(model, "blocks"):
+        def encode(text):
+            return tokenizer.encode(text, add_special=False, parse_special=False)
+    else:
+        def encode(text):
+            return tokenizer.encode(text, add_special=False)
+    tokens = data.tokenize(data.load_text(settings.source), encode)
+    return data.calibration_samples(tokens, settings.samples, settings.seq_len, settings.seed)
+
+
+def quantize_packed(src, dst, recipe: Recipe, *, samples=None, blocks_per_pass: int = 4) -> list[LayerReport]:
+    """Quantize the linear layers of the model in .eqm `src` by `recipe` into `dst`.
+
+    samples: token id rows (default: recipe.calibration with the model's tokenizer). The blocks
+    are calibrated `blocks_per_pass` at a time (one forward pass each) to bound the memory of
+    the Gram matrices. The recipe is stored in dst's metadata under "recipe".
+    """
+    from edgeq.format import open_packed, save
+    from edgeq.models import build_model
+
+    packed = open_packed(Path(src))
+    groups = input_groups(packed.config or {})
+    configs = {name: recipe.for_layer(name) for g in groups for name in g.layers}
+    with_stats = any(_needs_stats(c) for c in configs.values())
+    model = build_model(packed) if with_stats else None
+    if with_stats and samples is None:
+        samples = calibration_samples(model, recipe.calibration)
+    tensors = {name: packed[name] for name in packed}
+    reports = []
+    blocks = sorted({g.block for g in groups})
+    for start in range(0, len(blocks), blocks_per_pass):
+        chunk = [g for g in groups if g.block in blocks[start:start + blocks_per_pass]]
+        stats = collect_stats(model, samples, chunk) if with_stats else {}
+        result = quantize_tensors(tensors, stats, recipe, chunk)
+        tensors.update(result.tensors)
+        reports += result.reports
+        log.info("quantized blocks %s", blocks[start:start + blocks_per_pass])
+    metadata = dict(packed.metadata, recipe=recipe.to_json())
+    save(Path(dst), tensors, config=packed.config, tokenizer=packed.tokenizer, metadata=metadata)
+    return reports

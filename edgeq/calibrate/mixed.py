@@ -1,0 +1,111 @@
+"""Mixed precision: choose a weight type per layer under a bits-per-weight budget.
+
+Each layer i has n_i weights and, for each candidate type c, a cost (bits per weight b_c,
+scales included: Grid.bits_per_weight) and a sensitivity e_ic (how much worse the model gets
+when the layer alone is quantized to c; `sensitivities` measures the layer's output error on
+the calibration rows, ||X W^T - X Q_c^T||^2). The allocation minimizes sum_i e_ic(i) subject to
+
+    sum_i n_i b_c(i)  <=  budget * sum_i n_i
+
+a multiple-choice knapsack, solved by dynamic programming over the budget in whole units:
+
+    exact     when the costs (fractions of the float inputs) share a unit u that cuts the budget
+              into at most `resolution` (65536) parts (real models: layer sizes share large
+              factors, e.g. 110592 weights x 0.5 bits for SmolLM2's int2..int8 candidates)
+    rounded   otherwise u = budget / resolution and every cost is rounded *up* to whole units:
+              still never over the budget, optimal for the rounded costs, and wasting less
+              than (layers / resolution) of the budget
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Mapping
+
+import numpy as np
+
+from edgeq.calibrate.grid import Grid
+from edgeq.calibrate.stats import output_error
+
+
+def sensitivities(w, gram: np.ndarray, candidates: Mapping[str, Grid]) -> dict[str, float]:
+    """Output error of round to nearest for each candidate grid: name -> ||X (W - Q)^T||^2."""
+    return {name: output_error(w, grid.rtn(w).dequantize(), gram) for name, grid in candidates.items()}
+
+
+def allocate(sizes: Mapping[str, int], errors: Mapping[str, Mapping[str, float]],
+             bits_per_weight: Mapping[str, float], budget: float,
+             resolution: int = 65536) -> dict[str, str]:
+    """Layer name -> candidate name, minimizing the summed errors within `budget` bits/weight.
+
+    sizes: layer -> number of weights; errors: layer -> candidate -> sensitivity (a layer may
+    list only some candidates); bits_per_weight: candidate -> cost.
+    """
+    names = list(sizes)
+    if not names:
+        return {}
+    if set(errors) != set(names):
+        raise ValueError(f"errors are given for {sorted(errors)} but the layers are {sorted(names)}")
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
+        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+    options = []
+    for name in names:
+        size = sizes[name]
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
+            raise ValueError(f"layer {name!r}: size must be a positive integer, got {size!r}")
+        if not errors[name]:
+            raise ValueError(f"layer {name!r} has no candidate types")
+        for cand, err in errors[name].items():
+            if cand not in bits_per_weight:
+                raise ValueError(f"layer {name!r}: candidate {cand!r} has no bits_per_weight")
+            if not math.isfinite(err):
+                raise ValueError(f"layer {name!r}: sensitivity of {cand!r} is {err!r}")
+        options.append([(cand, size * Fraction(bits_per_weight[cand]), err) for cand, err in errors[name].items()])
+
+    total_bits = Fraction(budget) * sum(sizes.values())
+    cheapest = sum(min(bits for _, bits, _ in opts) for opts in options)
+    if cheapest > total_bits:
+        raise ValueError(f"the budget of {budget} bits per weight is below the cheapest choice "
+                         f"({float(cheapest) / sum(sizes.values()):.4f})")
+    unit = _common_unit([bits for opts in options for _, bits, _ in opts])
+    if total_bits / unit > resolution:
+        unit = total_bits / resolution
+    units = math.floor(total_bits / unit)
+
+    def cost_units(bits: Fraction) -> int:  # exact arithmetic: the budget is never exceeded
+        return math.ceil(bits / unit)
+
+    costs = [[cost_units(bits) for _, bits, _ in opts] for opts in options]
+    # best[u]: least error of the layers so far within u units; choice[i, u] backtracks
+    best = np.zeros(units + 1)
+    choice = np.zeros((len(names), units + 1), dtype=np.int16)
+    for i, opts in enumerate(options):
+        new = np.full(units + 1, np.inf)
+        for j, (_, _, err) in enumerate(opts):
+            cost = costs[i][j]
+            if cost > units:
+                continue
+            shifted = np.full(units + 1, np.inf)
+            shifted[cost:] = best[:units + 1 - cost] + err
+            better = shifted < new
+            new[better] = shifted[better]
+            choice[i, better] = j
+        best = new
+    if not np.isfinite(best[units]):
+        raise ValueError(f"no allocation fits {budget} bits per weight at resolution {resolution}; "
+                         "raise the resolution or the budget")
+    picked: dict[str, str] = {}
+    left = units
+    for i in range(len(names) - 1, -1, -1):
+        j = choice[i, left]
+        picked[names[i]] = options[i][j][0]
+        left -= costs[i][j]
+    return {name: picked[name] for name in names}
+
+
+def _common_unit(values: list[Fraction]) -> Fraction:
+    """The largest u with every value a whole multiple of u."""
+    numerator = math.gcd(*(v.numerator for v in values))
+    denominator = math.lcm(*(v.denominator for v in values))
+    return Fraction(numerator, denominator)

@@ -1,0 +1,435 @@
+"""Llama-family decoder: llama (and mistral, smollm: GGUF architecture "llama"), qwen2.
+
+Config keys (the "config" object of the .eqm header, written by the converters):
+
+    architecture       "llama" | "qwen2"
+    n_layers           decoder blocks
+    dim                hidden size
+    n_heads            query heads;  n_kv_heads: key/value heads (grouped-query attention:
+                       query head h reads key/value head h // (n_heads / n_kv_heads))
+    head_dim           size of each head (usually dim / n_heads)
+    ffn_dim            SwiGLU hidden size
+    vocab_size         rows of token_embd.weight
+    rms_eps            RMSNorm epsilon: y = x / sqrt(mean(x^2) + eps) * weight
+    rope_type          "norm": rotate adjacent pairs (x[2i], x[2i+1]); llama GGUFs need it
+                       because the HF->GGUF converter permutes the q/k rows. "neox": rotate
+                       (x[i], x[i + rope_dim/2]), the HF layout (qwen2 GGUFs, HF imports).
+    rope_theta         frequency base: pair i turns by pos * rope_theta ** (-2i / rope_dim)
+    rope_dim           leading dimensions of each head that rotate; the rest pass through
+    rope_scaling       null, or {"type": "linear", "factor": f, ...}: positions divided by f
+    rope_freq_factors  true when tensor rope_freqs.weight (rope_dim/2,) divides each pair's
+                       angle (how GGUF stores llama3-style scaling)
+    context_length     positions the model was trained for: the default KV cache capacity
+    tied_embeddings    true: the output projection is token_embd.weight (no output.weight)
+    has_qkv_bias       true: blk.N.attn_{q,k,v}.bias are added after the projections (qwen2)
+
+Tensors (GGUF names; numpy shapes are (out_features, in_features)):
+    token_embd.weight (vocab, dim), output_norm.weight (dim,), output.weight (vocab, dim) unless
+    tied, rope_freqs.weight (rope_dim/2,) if rope_freq_factors, and per block i, blk.i.:
+    attn_norm.weight (dim,), attn_q.weight (n_heads*head_dim, dim), attn_k.weight and
+    attn_v.weight (n_kv_heads*head_dim, dim), attn_output.weight (dim, n_heads*head_dim),
+    ffn_norm.weight (dim,), ffn_gate.weight and ffn_up.weight (ffn_dim, dim),
+    ffn_down.weight (dim, ffn_dim), attn_{q,k,v}.bias if has_qkv_bias.
+Matrices are QTensors (multiplied by edgeq.linear: integer kernels) or float arrays (numpy
+matmul); 1-D tensors are float. A quantized embedding is dequantized row by row as tokens
+need it.
+
+One block, as llama.cpp computes it:
+    n = rmsnorm(x) * attn_norm
+    x = x + Wo . attention(rope(Wq n + bq), rope(Wk n + bk), Wv n + bv)   causal, softmax
+    m = rmsnorm(x) * ffn_norm
+    x = x + Wdown . (silu(Wgate m) * (Wup m))
+and logits = Wout . (rmsnorm(x) * output_norm).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from edgeq.errors import FormatError, UnsupportedError
+from edgeq.linear import linear
+from edgeq.models import register
+from edgeq.models.kv_cache import KV_DTYPES, KVCache
+from edgeq.qtypes import QTensor
+
+log = logging.getLogger(__name__)
+
+ROPE_TYPES = ("norm", "neox")
+#: prompt positions processed per forward pass; bounds the attention scores' memory
+BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    architecture: str
+    n_layers: int
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    vocab_size: int
+    rms_eps: float
+    rope_type: str
+    rope_theta: float
+    rope_dim: int
+    rope_scaling: dict | None
+    rope_freq_factors: bool
+    context_length: int
+    tied_embeddings: bool
+    has_qkv_bias: bool
+
+    @classmethod
+    def from_dict(cls, config: dict, where: str = "config") -> "LlamaConfig":
+        """Validate the header's config object (FormatError naming the bad key)."""
+        values = {}
+        for f in fields(cls):
+            if f.name not in config:
+                raise FormatError(f"{where}: key {f.name!r} is missing")
+            v = config[f.name]
+            kind = {"int": int, "float": float, "str": str, "bool": bool}.get(f.type)
+            ok = (isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else
+                  isinstance(v, int) and not isinstance(v, bool) and v > 0 if kind is int else
+                  isinstance(v, kind) if kind is not None else
+                  v is None or isinstance(v, dict))
+            if not ok:
+                raise FormatError(f"{where}: key {f.name!r} has bad value {v!r} (expected {f.type})")
+            values[f.name] = float(v) if kind is float else v
+        c = cls(**values)
+        if c.rope_type not in ROPE_TYPES:
+            raise UnsupportedError(f"{where}: rope_type {c.rope_type!r} (known: {ROPE_TYPES})")
+        if c.n_heads % c.n_kv_heads or c.rope_dim % 2 or c.rope_dim > c.head_dim:
+            raise FormatError(f"{where}: n_heads {c.n_heads} must be a multiple of n_kv_heads "
+                              f"{c.n_kv_heads}, rope_dim {c.rope_dim} even and <= head_dim {c.head_dim}")
+        if c.rms_eps <= 0 or c.rope_theta <= 0:
+            raise FormatError(f"{where}: rms_eps and rope_theta must be positive")
+        scaling = c.rope_scaling
+        if scaling is not None:
+            factor = scaling.get("factor")
+            if scaling.get("type") != "linear":
+                raise UnsupportedError(f"{where}: rope_scaling type {scaling.get('type')!r}")
+            if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
+                raise FormatError(f"{where}: rope_scaling factor must be positive, got {factor!r}")
+        return c
+
+
+@dataclass(frozen=True)
+class Block:
+    """One decoder block's weights. Matrices are QTensors or float32 (out, in) arrays; qkv
+    and gate_up hold one row-concatenated matrix when fused, else the separate matrices."""
+
+    attn_norm: np.ndarray
+    qkv: tuple          # (Wq|Wk|Wv,) or (Wq, Wk, Wv): outputs [q | k | v]
+    qkv_bias: np.ndarray | None
+    wo: object
+    ffn_norm: np.ndarray
+    gate_up: tuple      # (Wgate|Wup,) or (Wgate, Wup): outputs [gate | up]
+    w_down: object
+
+
+def fuse_rows(matrices: list):
+    """One matrix holding the rows of `matrices` in order, or None when they cannot share one:
+    QTensors need the same spec and scales per row or group; float arrays concatenate."""
+    if all(isinstance(m, np.ndarray) for m in matrices):
+        return np.concatenate(matrices)
+    if not all(isinstance(m, QTensor) for m in matrices):
+        return None
+    spec, k = matrices[0].spec, matrices[0].shape[1]
+    if spec.granularity == "tensor" or any(m.spec != spec or m.shape[1] != k for m in matrices):
+        return None
+    data = {part: np.concatenate([m.data[part] for m in matrices]) for part in matrices[0].data}
+    return QTensor(spec, (sum(m.shape[0] for m in matrices), k), data)
+
+
+def take_rows(qt: QTensor, rows: np.ndarray) -> QTensor:
+    """The QTensor made of rows `rows` of qt (every layout stores rows along axis 0 of each
+    component; per-tensor scales, shape (1, 1), are shared)."""
+    n = qt.shape[0]
+    data = {name: (a[rows] if a.shape[0] == n else a) for name, a in qt.data.items()}
+    return QTensor(qt.spec, (len(rows), qt.shape[1]), data)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x (T, dim) float32 -> x / sqrt(mean(x^2) + eps) * weight; the mean in float64 (as
+    llama.cpp sums it), rounded once to float32."""
+    x64 = x.astype(np.float64)
+    inv = (1.0 / np.sqrt(np.einsum("td,td->t", x64, x64) / x.shape[1] + eps)).astype(np.float32)
+    return (x * inv[:, None]) * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (np.float32(1) + np.exp(-x))
+
+
+class LlamaModel:
+    """A llama-family decoder over the tensors of a PackedFile (views into its memory map).
+
+    context_length: KV cache capacity, at most the config's (default); kv_dtype: "float16",
+    "float32" or "int8" (see kv_cache); backend: kernel backend for edgeq.linear (None: the
+    default choice); fuse_projections: copy Wq|Wk|Wv and Wgate|Wup into one matrix each at
+    load, so one linear call (one activation quantization) serves each group. Off by default:
+    on SmolLM2-135M it saves 10-25% of the time of those five projections (about 3 ms per
+    decoded token with the numba and native kernels) but costs 41.5 MiB of copied weights
+    (repacked_bytes) next to the 96 MiB memory map.
+    """
+
+    def __init__(self, packed, *, context_length: int | None = None, kv_dtype: str = "float16",
+                 backend: str | None = None, fuse_projections: bool = False):
+        where = f"{packed.path}: config"
+        self.config = c = LlamaConfig.from_dict(packed.config or {}, where)
+        limit = c.context_length if context_length is None else int(context_length)
+        if not 0 < limit <= c.context_length:
+            raise ValueError(f"context_length must be in [1, {c.context_length}] for this model, "
+                             f"got {context_length}")
+        self.context_length, self.kv_dtype, self.backend = limit, kv_dtype, backend
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, not {kv_dtype!r}")
+        self.fuse_projections = fuse_projections
+        self.repacked_bytes = 0  # bytes copied out of the memory map at load
+        self.path = packed.path
+        self.metadata = packed.metadata
+        self.tokenizer = _tokenizer(packed)
+        self._load(packed)
+        self._inv_freq = self._rope_frequencies(packed)
+        self._group = c.n_heads // c.n_kv_heads
+        self._scale = np.float32(1.0 / np.sqrt(c.head_dim))
+
+    # --- loading -------------------------------------------------------------------------
+    def _tensor(self, packed, name: str, shape: tuple[int, ...]):
+        if name not in packed:
+            raise FormatError(f"{packed.path}: tensor {name!r} is missing")
+        t = packed[name]
+        if tuple(t.shape) != shape:
+            raise FormatError(f"{packed.path}: tensor {name!r} has shape {tuple(t.shape)}, "
+                              f"expected {shape}")
+        if isinstance(t, QTensor):
+            if len(shape) != 2:
+                raise FormatError(f"{packed.path}: tensor {name!r} must be a float array")
+            return t
+        if t.dtype.kind != "f":
+            raise FormatError(f"{packed.path}: tensor {name!r} has dtype {t.dtype}, expected float")
+        if t.dtype == np.float32:
+            return t
+        # float16 matrices are widened once here (numpy would widen them on every matmul)
+        self.repacked_bytes += 4 * t.size
+        return t.astype(np.float32)
+
+    def _load(self, packed) -> None:
+        c = self.config
+        d, hd, q, kv = c.dim, c.head_dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        self.embedding = self._tensor(packed, "token_embd.weight", (c.vocab_size, d))
+        self.output_norm = self._tensor(packed, "output_norm.weight", (d,))
+        self.output = self.embedding if c.tied_embeddings else \
+            self._tensor(packed, "output.weight", (c.vocab_size, d))
+        self.blocks = []
+        for i in range(c.n_layers):
+            def t(suffix, shape, _i=i):
+                return self._tensor(packed, f"blk.{_i}.{suffix}", shape)
+            qkv = [t("attn_q.weight", (q, d)), t("attn_k.weight", (kv, d)), t("attn_v.weight", (kv, d))]
+            gate_up = [t("ffn_gate.weight", (c.ffn_dim, d)), t("ffn_up.weight", (c.ffn_dim, d))]
+            bias = None
+            if c.has_qkv_bias:
+                bias = np.concatenate([t("attn_q.bias", (q,)), t("attn_k.bias", (kv,)),
+                                       t("attn_v.bias", (kv,))])
+            self.blocks.append(Block(
+                attn_norm=t("attn_norm.weight", (d,)), qkv=self._fused(qkv), qkv_bias=bias,
+                wo=t("attn_output.weight", (d, q)), ffn_norm=t("ffn_norm.weight", (d,)),
+                gate_up=self._fused(gate_up), w_down=t("ffn_down.weight", (d, c.ffn_dim))))
+        if self.repacked_bytes:
+            log.info("%s: %.1f MiB of weights copied out of the memory map (fused projections, "
+                     "float16 matrices widened)", packed.path, self.repacked_bytes / 2**20)
+
+    def _fused(self, matrices: list) -> tuple:
+        """Concatenate projections that read the same input, so one linear call (one
+        activation quantization) computes them all; the copy costs memory (repacked_bytes)."""
+        if not self.fuse_projections:
+            return tuple(matrices)
+        fused = fuse_rows(matrices)
+        if fused is None:
+            return tuple(matrices)
+        self.repacked_bytes += fused.nbytes
+        return (fused,)
+
+    def _rope_frequencies(self, packed) -> np.ndarray:
+        """Angle per position of each rotating pair: float64 (rope_dim/2,)."""
+        c = self.config
+        inv = c.rope_theta ** (-np.arange(0, c.rope_dim, 2, dtype=np.float64) / c.rope_dim)
+        if c.rope_freq_factors:
+            factors = self._tensor(packed, "rope_freqs.weight", (c.rope_dim // 2,))
+            inv = inv / factors.astype(np.float64)
+        if c.rope_scaling is not None:
+            inv = inv / float(c.rope_scaling["factor"])
+        return inv
+
+    # --- the forward pass ----------------------------------------------------------------
+    def new_cache(self, capacity: int | None = None) -> KVCache:
+        """An empty KV cache for up to `capacity` positions (default: the context length)."""
+        capacity = self.context_length if capacity is None else capacity
+        if capacity > self.context_length:
+            raise ValueError(f"{capacity} positions exceed the context length {self.context_length}")
+        c = self.config
+        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, capacity, self.kv_dtype)
+
+    def _check_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise ValueError(f"token ids must be a 1-D sequence of integers, got {ids.dtype} {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), "
+                             f"got [{ids.min()}, {ids.max()}]")
+        return ids.astype(np.intp, copy=False)
+
+    def _project(self, x: np.ndarray, w) -> np.ndarray:
+        if isinstance(w, QTensor):
+            return linear(x, w, backend=self.backend)
+        return x @ w.T
+
+    def _project_all(self, x: np.ndarray, matrices: tuple) -> np.ndarray:
+        if len(matrices) == 1:
+            return self._project(x, matrices[0])
+        return np.concatenate([self._project(x, w) for w in matrices], axis=1)
+
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        e = self.embedding
+        if isinstance(e, QTensor):
+            return take_rows(e, ids).dequantize()
+        return np.asarray(e[ids], dtype=np.float32)
+
+    def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
+        """Rotate x (T, heads, head_dim) in place; cos, sin (T, 1, rope_dim/2)."""
+        rd = self.config.rope_dim
+        if self.config.rope_type == "norm":
+            a, b = x[..., 0:rd:2], x[..., 1:rd:2]
+        else:
+            a, b = x[..., :rd // 2], x[..., rd // 2:rd]
+        a_new = a * cos - b * sin
+        b[...] = a * sin + b * cos
+        a[...] = a_new
+
+    def _attention(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, start: int) -> np.ndarray:
+        """Causal attention of queries q (T, n_heads, hd) at positions start.. over
+        keys, values (n_kv, start + T, hd) float32 -> (T, n_heads * hd).
+
+        One query position at a time, over exactly the keys it sees: a position then goes
+        through the same BLAS calls, with the same shapes, whether it is decoded alone or is
+        part of a prompt, so both give bit-identical results (one-ulp differences would
+        otherwise be amplified by the int8 activation rounding downstream)."""
+        t, n_heads, hd = q.shape
+        n_kv = keys.shape[0]
+        # query heads sharing one key/value head go together: (T, n_kv, hd, g)
+        qg = (q * self._scale).reshape(t, n_kv, self._group, hd).transpose(0, 1, 3, 2)
+        out = np.empty((t, n_kv, self._group, hd), dtype=np.float32)
+        for i in range(t):
+            seen = start + i + 1
+            # K q (not q K^T): BLAS is about twice as fast with K untransposed
+            scores = np.matmul(keys[:, :seen], qg[i]).transpose(0, 2, 1).copy()   # (n_kv, g, seen)
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            np.matmul(scores, values[:, :seen], out=out[i])
+        return out.reshape(t, n_heads * hd)
+
+    def forward(self, ids, cache: KVCache, *, all_logits: bool = False) -> np.ndarray:
+        """Run token ids at positions [cache.length, cache.length + T) and append them to the
+        cache. Returns float32 logits of the last position (vocab,), or of every position
+        (T, vocab) with all_logits. At most BATCH_SIZE positions per call keep the attention
+        scores small; generate() and logits() split longer inputs."""
+        ids = self._check_ids(ids)
+        t = ids.shape[0]
+        if t == 0:
+            raise ValueError("forward needs at least one token id")
+        cache.check_room(t)
+        c = self.config
+        start, end = cache.length, cache.length + t
+        angles = np.arange(start, end, dtype=np.float64)[:, None] * self._inv_freq[None, :]
+        cos = np.cos(angles).astype(np.float32)[:, None, :]
+        sin = np.sin(angles).astype(np.float32)[:, None, :]
+        n_qk = c.n_heads + c.n_kv_heads
+        qk_width = n_qk * c.head_dim
+        x = self._embed(ids)
+        for i, b in enumerate(self.blocks):
+            # --- hot loop: one block per iteration ---
+            h = rms_norm(x, b.attn_norm, c.rms_eps)
+            qkv = self._project_all(h, b.qkv)                       # (T, [q | k | v])
+            if b.qkv_bias is not None:
+                qkv += b.qkv_bias
+            heads = qkv[:, :qk_width].reshape(t, n_qk, c.head_dim)   # q and k heads, a view
+            self._rope(heads, cos, sin)
+            v = qkv[:, qk_width:].reshape(t, c.n_kv_heads, c.head_dim)
+            cache.store(i, heads[:, c.n_heads:].transpose(1, 0, 2), v.transpose(1, 0, 2))
+            keys, values = cache.read(i, end)
+            x = x + self._project(self._attention(heads[:, :c.n_heads], keys, values, start), b.wo)
+            h = rms_norm(x, b.ffn_norm, c.rms_eps)
+            gate_up = self._project_all(h, b.gate_up)               # (T, [gate | up])
+            x = x + self._project(silu(gate_up[:, :c.ffn_dim]) * gate_up[:, c.ffn_dim:], b.w_down)
+        cache.advance(t)
+        if not all_logits:
+            x = x[-1:]
+        logits = self._project(rms_norm(x, self.output_norm, c.rms_eps), self.output)
+        return logits if all_logits else logits[0]
+
+    def logits(self, token_ids) -> np.ndarray:
+        """float32 (len, vocab): the logits after each prefix of token_ids, from an empty
+        context (one pass over the sequence, BATCH_SIZE positions at a time)."""
+        ids = self._check_ids(token_ids)
+        if ids.shape[0] == 0:
+            return np.zeros((0, self.config.vocab_size), dtype=np.float32)
+        cache = self.new_cache(min(ids.shape[0], self.context_length))
+        cache.check_room(ids.shape[0])
+        out = np.empty((ids.shape[0], self.config.vocab_size), dtype=np.float32)
+        for start in range(0, ids.shape[0], BATCH_SIZE):
+            part = slice(start, start + BATCH_SIZE)
+            out[part] = self.forward(ids[part], cache, all_logits=True)
+        return out
+
+    def prefill(self, token_ids, cache: KVCache) -> np.ndarray:
+        """Append token_ids to the cache in batches; logits (vocab,) after the last one."""
+        ids = self._check_ids(token_ids)
+        if ids.shape[0] == 0:
+            raise ValueError("the prompt has no tokens")
+        cache.check_room(ids.shape[0])
+        for start in range(0, ids.shape[0], BATCH_SIZE):
+            logits = self.forward(ids[start:start + BATCH_SIZE], cache)
+        return logits
+
+    # --- text ----------------------------------------------------------------------------
+    def generate(self, prompt, **options) -> str:
+        """Text continuing `prompt` (str, or a list of token ids); see edgeq.generate.generate."""
+        from edgeq.generate import generate
+        return generate(self, prompt, **options)
+
+    def stream(self, prompt, **options):
+        """Like generate, yielding text pieces (whole UTF-8 characters) as they are made."""
+        from edgeq.generate import stream
+        return stream(self, prompt, **options)
+
+    def chat(self, messages, **options) -> str:
+        """The assistant's reply to `messages` ([{"role", "content"}]) using the model's chat
+        template; options as for generate."""
+        from edgeq.generate import chat
+        return chat(self, messages, **options)
+
+    def chat_stream(self, messages, **options):
+        from edgeq.generate import chat_stream
+        return chat_stream(self, messages, **options)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"LlamaModel({str(self.path)!r}, {c.architecture}, {c.n_layers} layers, dim {c.dim}, "
+                f"heads {c.n_heads}/{c.n_kv_heads}, vocab {c.vocab_size}, context {self.context_length})")
+
+
+def _tokenizer(packed):
+    header = packed.tokenizer
+    if header is None:
+        return None
+    from edgeq.tokenizer.bpe import BPETokenizer
+    return BPETokenizer.from_header(header)
+
+
+@register("llama", "qwen2")
+def build(packed, **options) -> LlamaModel:
+    return LlamaModel(packed, **options)

@@ -1,0 +1,641 @@
+/* The fused matmul kernels for x86, shared by two builds (a template by inclusion):
+ *   kernels_avx2.c    EQ_VNNI 0: byte dot = PMADDUBSW + PMADDWD (exact only for u <= 128,
+ *                     so int8 rows take a widening PMADDWD path)
+ *   kernels_avx512.c  EQ_VNNI 1: byte dot = VPDPBUSD on 256-bit vectors (AVX512-VL + VNNI),
+ *                     exact for every u; on Zen 4 a 512-bit op costs two 256-bit ones, so
+ *                     256-bit vectors lose nothing there and keep one code path.
+ * Every slot sum (32 codes) is an exact integer modulo 2^32; the float rule is in combine.
+ *
+ * Layouts unpacked in registers for m = 1 (everything else decodes a row into scratch):
+ *   nibbles (int4, int4_asym, pow2) with groups of 32 and ternary 2-bit with groups of 64:
+ *     one 32-byte load holds two groups A, B of 16 bytes; plane l (the codes 16l..16l+15 of
+ *     a group: bits 4l.. of each byte for nibbles, 2l.. for crumbs) of both groups comes out
+ *     of one shift and one mask. The activations are rearranged once per call to match
+ *     (prep_pair16: per pair of groups, plane by plane, A's 16 values then B's), so two
+ *     planes of one slot accumulate into one vector whose 128-bit halves are A and B.
+ *   ternary 2-bit with groups (or rows) a multiple of 128: each 32-byte load yields 32 codes
+ *     of each of the four planes, read against the activations in their natural order.
+ * Include after <immintrin.h>, "edgeq_native.h" and a definition of EQ_VNNI.
+ */
+
+#define X86_INLINE static inline __attribute__((always_inline))
+
+/* ---- byte dot products: acc + (4 products summed per int32 lane) ----------------------- */
+
+#if EQ_VNNI
+X86_INLINE __m256i dot_narrow(__m256i acc, __m256i u, __m256i x) { return _mm256_dpbusd_epi32(acc, u, x); }
+X86_INLINE __m256i dot_wide(__m256i acc, __m256i u, __m256i x) { return _mm256_dpbusd_epi32(acc, u, x); }
+/* two planes of small codes (u <= 15) into one fresh accumulator */
+X86_INLINE __m256i dot_pair_small(__m256i u0, __m256i x0, __m256i u1, __m256i x1)
+{
+    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u0, x0), u1, x1);
+}
+#else
+/* u <= 128: a pair of products stays within int16 */
+X86_INLINE __m256i dot_narrow(__m256i acc, __m256i u, __m256i x)
+{
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1)));
+}
+/* any u: widen to 16 bits, no saturation */
+X86_INLINE __m256i dot_wide(__m256i acc, __m256i u, __m256i x)
+{
+    __m256i u0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u));
+    __m256i u1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(u, 1));
+    __m256i x0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(x));
+    __m256i x1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(x, 1));
+    return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(u0, x0), _mm256_madd_epi16(u1, x1)));
+}
+/* u <= 15: four products of two planes stay within int16 (4 * 15 * 128 < 2^15) */
+X86_INLINE __m256i dot_pair_small(__m256i u0, __m256i x0, __m256i u1, __m256i x1)
+{
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(u0, x0), _mm256_maddubs_epi16(u1, x1));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+#endif
+
+/* ---- reductions ----------------------------------------------------------------------------- */
+
+/* The totals of four vectors of eight lanes. */
+X86_INLINE __m128i sum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3)
+{
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* Per 128-bit half, the totals of the four lanes of a0..a3: [a0 a1 a2 a3 | a0 a1 a2 a3]. */
+X86_INLINE __m256i quad_sums(__m256i a0, __m256i a1, __m256i a2, __m256i a3)
+{
+    return _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+}
+
+/* ---- m > 1 (and int8 rows): bytes against up to four activation rows ---------------------- */
+
+X86_INLINE void slots_tile(const uint8_t *src, int flip, int wide, const int8_t *x,
+                           int64_t xstride, const int mt, int64_t k, int32_t *raw, int64_t rstride)
+{
+    const __m256i flipv = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+    int64_t nslots = k / EQ_SLOT;
+    for (int64_t s = 0; s < nslots; s += 4) {
+        __m256i acc[EQ_MAX_TILE][4];
+        int n = nslots - s < 4 ? (int)(nslots - s) : 4;
+        for (int j = 0; j < 4; j++) {
+            if (j >= n) {
+                for (int i = 0; i < mt; i++)
+                    acc[i][j] = zero;
+                continue;
+            }
+            const int64_t at = (s + j) * EQ_SLOT;
+            __m256i u = _mm256_loadu_si256((const __m256i *)(src + at));
+            if (flip)
+                u = _mm256_xor_si256(u, flipv);
+            for (int i = 0; i < mt; i++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(x + i * xstride + at));
+                acc[i][j] = wide ? dot_wide(zero, u, xv) : dot_narrow(zero, u, xv);
+            }
+        }
+        for (int i = 0; i < mt; i++)  /* raw has EQ_RAW_PAD slack for the last 4 */
+            _mm_storeu_si128((__m128i *)(raw + i * rstride + s),
+                             sum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+    }
+}
+
+/* The (flip, wide) pairs plans use, times the tile heights: each specialised by inlining. */
+#define SLOTS_CASE(F, W)                                                                     \
+    switch (mt) {                                                                            \
+    case 1: slots_tile(src, F, W, x, xstride, 1, k, raw, rstride); return;                   \
+    case 2: slots_tile(src, F, W, x, xstride, 2, k, raw, rstride); return;                   \
+    case 3: slots_tile(src, F, W, x, xstride, 3, k, raw, rstride); return;                   \
+    default: slots_tile(src, F, W, x, xstride, 4, k, raw, rstride); return;                  \
+    }
+
+static void x86_slots(const uint8_t *src, int flip, int wide, const int8_t *x, int64_t xstride,
+                      int mt, int64_t k, int32_t *raw, int64_t rstride)
+{
+    if (flip)
+        SLOTS_CASE(1, 1)
+    else if (wide)
+        SLOTS_CASE(0, 1)
+    else
+        SLOTS_CASE(0, 0)
+}
+
+#if !EQ_VNNI
+/* ---- m = 1: two 16-byte groups per load ----------------------------------------------------- */
+
+/* Activations for gemv_pair16: per pair of groups of `group` codes, plane l (16 codes) of
+ * group A then of group B; a missing last B is zeros. Writes prep_pair16_bytes(k, group). */
+static int64_t prep_pair16_bytes(int64_t k, int64_t group)
+{
+    return (k / group + 1) / 2 * 2 * group;
+}
+
+static void prep_pair16(const int8_t *x, int64_t k, int64_t group, int8_t *xp)
+{
+    int64_t ngroups = k / group, planes = group / 16;
+    for (int64_t g = 0; g < ngroups; g += 2, xp += 2 * group) {
+        const int8_t *a = x + g * group, *b = a + group;
+        for (int64_t l = 0; l < planes; l++) {
+            __m128i va = _mm_loadu_si128((const __m128i *)(a + 16 * l));
+            __m128i vb = g + 1 < ngroups ? _mm_loadu_si128((const __m128i *)(b + 16 * l))
+                                         : _mm_setzero_si128();
+            _mm_storeu_si128((__m128i *)(xp + 32 * l), va);
+            _mm_storeu_si128((__m128i *)(xp + 32 * l + 16), vb);
+        }
+    }
+}
+
+/* The accumulator of planes 2h and 2h + 1 of a loaded pair of groups: lanes 0-3 hold group A's
+ * slot h, lanes 4-7 group B's. */
+X86_INLINE __m256i pair16_acc(__m256i v, const int8_t *xg, int h, const int bits, const int lut)
+{
+    const __m256i mask = _mm256_set1_epi8((char)((1 << bits) - 1));
+    __m256i u0 = _mm256_and_si256(_mm256_srli_epi16(v, 2 * h * bits), mask);
+    __m256i u1 = _mm256_and_si256(_mm256_srli_epi16(v, (2 * h + 1) * bits), mask);
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)(xg + 64 * h));
+    __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 64 * h + 32));
+    if (!lut)
+        return dot_pair_small(u0, x0, u1, x1);
+    /* pow2: EQ_POW2_VALUES + 64, up to 128, so two separate dots */
+    const __m256i table = _mm256_setr_epi8(64, 65, 66, 68, 72, 80, 96, (char)128, 64, 63, 62,
+                                           60, 56, 48, 32, 0, 64, 65, 66, 68, 72, 80, 96,
+                                           (char)128, 64, 63, 62, 60, 56, 48, 32, 0);
+    u0 = _mm256_shuffle_epi8(table, u0);
+    u1 = _mm256_shuffle_epi8(table, u1);
+    return dot_narrow(dot_narrow(_mm256_setzero_si256(), u0, x0), u1, x1);
+}
+
+/* Slot sums of one row whose groups are 16 bytes of `planes` planes of `bits` bits (nibbles:
+ * 2 x 4, crumbs: 4 x 2); lut: map nibbles through pow2's table. A pair of groups holds
+ * `planes` slots; eight slots (4 accumulators) are reduced at a time. */
+X86_INLINE void pair16_row(const uint8_t *row, const int8_t *xp, int64_t k, const int planes,
+                           const int bits, const int lut, int32_t *raw)
+{
+    /* lane of the reduced vector holding each slot of the eight (see quad_sums) */
+    const __m256i order = planes == 2 ? _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)
+                                      : _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    const int64_t group = 16 * planes, ngroups = k / group;
+    const int pairs = 8 / planes, block = 2 * pairs;  /* per eight slots */
+    int64_t g = 0;
+    for (; g + block <= ngroups; g += block) {
+        __m256i acc[4];
+        for (int p = 0; p < pairs; p++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(row + 16 * (g + 2 * p)));
+            for (int h = 0; h < planes / 2; h++)
+                acc[p * (planes / 2) + h] = pair16_acc(v, xp + (g + 2 * p) * group, h, bits, lut);
+        }
+        _mm256_storeu_si256((__m256i *)(raw + g * planes / 2),
+                            _mm256_permutevar8x32_epi32(quad_sums(acc[0], acc[1], acc[2], acc[3]), order));
+    }
+    if (g == ngroups)
+        return;
+    /* the last, partial block; slots past the row are zeros written into raw's slack */
+    __m256i acc[4];
+    for (int p = 0; p < pairs; p++) {
+        const int64_t ga = g + 2 * p;
+        for (int h = 0; h < planes / 2; h++)
+            acc[p * (planes / 2) + h] = _mm256_setzero_si256();
+        if (ga >= ngroups)
+            continue;
+        __m256i v = ga + 1 < ngroups
+            ? _mm256_loadu_si256((const __m256i *)(row + 16 * ga))
+            /* a last group alone: 16 bytes, no read past the row */
+            : _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128((const __m128i *)(row + 16 * ga)));
+        for (int h = 0; h < planes / 2; h++)
+            acc[p * (planes / 2) + h] = pair16_acc(v, xp + ga * group, h, bits, lut);
+    }
+    _mm256_storeu_si256((__m256i *)(raw + g * planes / 2),
+                        _mm256_permutevar8x32_epi32(quad_sums(acc[0], acc[1], acc[2], acc[3]), order));
+}
+
+static void gemv_nib32(const uint8_t *row, const int8_t *xp, int64_t k, int64_t group, int32_t *raw)
+{
+    (void)group;
+    pair16_row(row, xp, k, 2, 4, 0, raw);
+}
+
+static void gemv_pow2_32(const uint8_t *row, const int8_t *xp, int64_t k, int64_t group, int32_t *raw)
+{
+    (void)group;
+    pair16_row(row, xp, k, 2, 4, 1, raw);
+}
+
+static void gemv_crumb64(const uint8_t *row, const int8_t *xp, int64_t k, int64_t group, int32_t *raw)
+{
+    (void)group;
+    pair16_row(row, xp, k, 4, 2, 0, raw);
+}
+#endif
+
+#if EQ_VNNI
+/* ---- m = 1 on AVX-512: four 16-byte groups per 64-byte load ---------------------------------
+ * The same planes as pair16 with 512-bit vectors: plane l of groups g..g+3 pairs with 64
+ * activations (prep_quad16: per four groups, plane by plane, 16 values of each group), and
+ * each 128-bit quarter of an accumulator is one group's slot. */
+static int64_t prep_quad16_bytes(int64_t k, int64_t group)
+{
+    return (k / group + 3) / 4 * 4 * group;
+}
+
+static void prep_quad16(const int8_t *x, int64_t k, int64_t group, int8_t *xp)
+{
+    int64_t ngroups = k / group, planes = group / 16;
+    for (int64_t g = 0; g < ngroups; g += 4, xp += 4 * group)
+        for (int64_t l = 0; l < planes; l++)
+            for (int64_t i = 0; i < 4; i++) {
+                __m128i v = g + i < ngroups ? _mm_loadu_si128((const __m128i *)(x + (g + i) * group + 16 * l))
+                                            : _mm_setzero_si128();
+                _mm_storeu_si128((__m128i *)(xp + 64 * l + 16 * i), v);
+            }
+}
+
+/* Planes 2h and 2h + 1 of four loaded groups: quarter i holds group i's slot h. */
+X86_INLINE __m512i quad16_acc(__m512i v, const int8_t *xg, int h, const int bits, const int lut)
+{
+    const __m512i mask = _mm512_set1_epi8((char)((1 << bits) - 1));
+    __m512i u0 = _mm512_and_si512(_mm512_srli_epi16(v, 2 * h * bits), mask);
+    __m512i u1 = _mm512_and_si512(_mm512_srli_epi16(v, (2 * h + 1) * bits), mask);
+    if (lut) {  /* pow2: EQ_POW2_VALUES + 64 in every quarter */
+        const __m512i table = _mm512_broadcast_i32x4(_mm_setr_epi8(
+            64, 65, 66, 68, 72, 80, 96, (char)128, 64, 63, 62, 60, 56, 48, 32, 0));
+        u0 = _mm512_shuffle_epi8(table, u0);
+        u1 = _mm512_shuffle_epi8(table, u1);
+    }
+    __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u0, _mm512_loadu_si512(xg + 128 * h));
+    return _mm512_dpbusd_epi32(acc, u1, _mm512_loadu_si512(xg + 128 * h + 64));
+}
+
+/* Eight slot sums from two accumulators of four quarters each: lane i of the result is
+ * quarter order[i] (a's quarters are 0-3, b's 4-7). */
+X86_INLINE __m256i quarters8(__m512i a, __m512i b, __m512i order)
+{
+    __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    t = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_BADC));  /* [a b a b] per quarter */
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, t));
+}
+
+/* The bytes of the first n (< 4 or 4) 16-byte quarters. */
+X86_INLINE __mmask64 quarters_mask(int64_t n) { return n >= 4 ? ~(__mmask64)0 : ((__mmask64)1 << (16 * n)) - 1; }
+
+X86_INLINE void quad16_row(const uint8_t *row, const int8_t *xp, int64_t k, const int planes,
+                           const int bits, const int lut, int32_t *raw)
+{
+    /* quarter q of a sits at lane 4q of t, of b at 4q + 1; crumbs: a holds slots 0, 2, 4, 6 */
+    const __m512i order = planes == 2
+        ? _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0)
+        : _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    const int64_t group = 16 * planes, ngroups = k / group;
+    const int64_t block = 16 / planes;  /* groups per eight slots: two accumulators */
+    int64_t g = 0;
+    for (; g + block <= ngroups; g += block) {
+        __m512i acc[2];
+        if (planes == 2) {
+            acc[0] = quad16_acc(_mm512_loadu_si512(row + 16 * g), xp + g * group, 0, bits, lut);
+            acc[1] = quad16_acc(_mm512_loadu_si512(row + 16 * (g + 4)), xp + (g + 4) * group, 0, bits, lut);
+        } else {
+            __m512i v = _mm512_loadu_si512(row + 16 * g);
+            acc[0] = quad16_acc(v, xp + g * group, 0, bits, lut);
+            acc[1] = quad16_acc(v, xp + g * group, 1, bits, lut);
+        }
+        _mm256_storeu_si256((__m256i *)(raw + g * planes / 2), quarters8(acc[0], acc[1], order));
+    }
+    if (g == ngroups)
+        return;
+    /* the last, partial block: masked loads stop at the row's end; the activations are
+     * zero-padded by prep_quad16; slots past the row land in raw's slack */
+    int64_t have = ngroups - g;  /* 1 .. block - 1 */
+    __m512i a, b;
+    if (planes == 2) {
+        int64_t h0 = have < 4 ? have : 4, h1 = have - h0;
+        a = quad16_acc(_mm512_maskz_loadu_epi8(quarters_mask(h0), row + 16 * g), xp + g * group, 0, bits, lut);
+        b = h1 > 0 ? quad16_acc(_mm512_maskz_loadu_epi8(quarters_mask(h1), row + 16 * (g + 4)),
+                                xp + (g + 4) * group, 0, bits, lut)
+                   : _mm512_setzero_si512();
+    } else {
+        __m512i v = _mm512_maskz_loadu_epi8(quarters_mask(have), row + 16 * g);
+        a = quad16_acc(v, xp + g * group, 0, bits, lut);
+        b = quad16_acc(v, xp + g * group, 1, bits, lut);
+    }
+    _mm256_storeu_si256((__m256i *)(raw + g * planes / 2), quarters8(a, b, order));
+}
+
+static void gemv_nib32(const uint8_t *row, const int8_t *xp, int64_t k, int64_t group, int32_t *raw)
+{
+    (void)group;
+    quad16_row(row, xp, k, 2, 4, 0, raw);
+}
+
+static void gemv_pow2_32(const uint8_t *row, const int8_t *xp, int64_t k, int64_t group, int32_t *raw)
+{
+    (void)group;
+    quad16_row(row, xp, k, 2, 4, 1, raw);
+}
+
+static void gemv_crumb64(const uint8_t *row, const int8_t *xp, int64_t k, int64_t group, int32_t *raw)
+{
+    (void)group;
+    quad16_row(row, xp, k, 4, 2, 0, raw);
+}
+#endif
+
+/* ---- m = 1: ternary 2-bit, planes of whole slots (group a multiple of 128) --------------- */
+
+static void gemv_crumb_planar(const uint8_t *row, const int8_t *x, int64_t k, int64_t group,
+                              int32_t *raw)
+{
+    const __m256i mask = _mm256_set1_epi8(3), zero = _mm256_setzero_si256();
+    const int64_t plane = group / 4, chunks = plane / 32, ngroups = k / group;
+    for (int64_t g = 0; g < ngroups; g++, row += plane, x += group, raw += group / EQ_SLOT) {
+        int64_t j = 0;
+        if (chunks % 4 == 0) {
+            /* four loads at a time: four consecutive slots of each plane */
+            for (; j < chunks; j += 4) {
+                __m256i acc[4][4];
+                for (int c = 0; c < 4; c++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(row + 32 * (j + c)));
+                    for (int l = 0; l < 4; l++) {
+                        __m256i u = _mm256_and_si256(_mm256_srli_epi16(v, 2 * l), mask);
+                        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + l * plane + 32 * (j + c)));
+                        acc[l][c] = dot_narrow(zero, u, xv);
+                    }
+                }
+                for (int l = 0; l < 4; l++)
+                    _mm_storeu_si128((__m128i *)(raw + l * chunks + j),
+                                     sum4(acc[l][0], acc[l][1], acc[l][2], acc[l][3]));
+            }
+            continue;
+        }
+        for (; j < chunks; j++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(row + 32 * j));
+            __m256i acc[4];
+            for (int l = 0; l < 4; l++) {
+                __m256i u = _mm256_and_si256(_mm256_srli_epi16(v, 2 * l), mask);
+                acc[l] = dot_narrow(zero, u, _mm256_loadu_si256((const __m256i *)(x + l * plane + 32 * j)));
+            }
+            int32_t s[4];
+            _mm_storeu_si128((__m128i *)s, sum4(acc[0], acc[1], acc[2], acc[3]));
+            for (int l = 0; l < 4; l++)
+                raw[l * chunks + j] = s[l];
+        }
+    }
+}
+
+/* ---- the float sum ----------------------------------------------------------------------- */
+
+/* How one row reads a per-sub-block quantity: absent, one constant, or float16 / float32 /
+ * uint8 (zero points) / int32 (expanded offsets) per sub-block. */
+enum { V_NONE, V_CONST, V_F16, V_F32, V_U8, V_I32 };
+
+typedef struct {
+    const void *p;  /* the row's values from sub-block 0 */
+    __m256 c;       /* V_CONST */
+    __m256i ci;     /* offsets: the constant */
+} rowsrc;
+
+X86_INLINE int vals_mode(const eq_rowvals *v)
+{
+    return !v->p ? V_NONE : v->sub == 0 ? V_CONST : v->f16 ? V_F16 : V_F32;
+}
+
+X86_INLINE rowsrc vals_src(const eq_rowvals *v, int j, const int mode)
+{
+    rowsrc r = {NULL, _mm256_setzero_ps(), _mm256_setzero_si256()};
+    int64_t at = j * v->row;
+    if (mode == V_CONST)
+        r.c = _mm256_set1_ps(v->f16 ? eq_half_to_float(((const uint16_t *)v->p)[at])
+                                    : ((const float *)v->p)[at]);
+    else if (mode == V_F16)
+        r.p = (const uint16_t *)v->p + at;
+    else if (mode == V_F32)
+        r.p = (const float *)v->p + at;
+    return r;
+}
+
+/* Lanes [0, n) of the tail block of an array of nsub values: the n values from s on, read
+ * without passing nsub; the other lanes are cleared by the caller's mask. */
+X86_INLINE __m256i tail_index(int n) { return _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 - n)); }
+
+X86_INLINE __m256 load_halves(const uint16_t *h, int64_t s, int n, int64_t nsub)
+{
+    if (n == 8)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + s)));
+#if EQ_VNNI
+    (void)nsub;
+    return _mm256_cvtph_ps(_mm_maskz_loadu_epi16((__mmask8)((1u << n) - 1), h + s));
+#else
+    if (nsub >= 8)  /* the eight values ending at nsub, the last n moved to the front */
+        return _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + nsub - 8))),
+                                        tail_index(n));
+    uint16_t tmp[8] = {0};
+    for (int i = 0; i < n; i++)
+        tmp[i] = h[s + i];
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)tmp));
+#endif
+}
+
+X86_INLINE __m256i load_bytes(const uint8_t *b, int64_t s, int n, int64_t nsub)
+{
+    if (n == 8)
+        return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + s)));
+#if EQ_VNNI
+    (void)nsub;
+    return _mm256_cvtepu8_epi32(_mm_maskz_loadu_epi8((__mmask16)((1u << n) - 1), b + s));
+#else
+    if (nsub >= 8)
+        return _mm256_permutevar8x32_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + nsub - 8))),
+                                           tail_index(n));
+    uint8_t tmp[8] = {0};
+    for (int i = 0; i < n; i++)
+        tmp[i] = b[s + i];
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)tmp));
+#endif
+}
+
+X86_INLINE __m256 load_vals(const rowsrc *v, const int mode, int64_t s, int n, int64_t nsub,
+                            __m256i mask)
+{
+    __m256 r = mode == V_CONST ? v->c
+             : mode == V_F16 ? load_halves((const uint16_t *)v->p, s, n, nsub)
+             : n == 8 ? _mm256_loadu_ps((const float *)v->p + s)
+                      : _mm256_maskload_ps((const float *)v->p + s, mask);
+    return n == 8 ? r : _mm256_and_ps(r, _mm256_castsi256_ps(mask));
+}
+
+/* Sub-blocks [s, s + n) of one row (n <= 8) added to the partials a / am: lane p is the scalar
+ * rule's partial p, with the same operations. In a last block with n < 8 the empty lanes add
+ * +0 * 0, which leaves every final sum unchanged (the running sum starts at +0, so it is never
+ * -0, and adding a zero of either sign keeps it). */
+X86_INLINE void combine_block(const eq_rowscale *rs, const rowsrc *ws, const rowsrc *wm,
+                              const rowsrc *off, const int WS, const int WM, const int OFF,
+                              const int32_t *raw, const int32_t *xsum, const float *xs, int64_t s,
+                              int n, __m256 *a, __m256 *am)
+{
+    const int64_t nsub = rs->nsub;
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i q, r, o = off->ci;
+    __m256 x;
+    if (n == 8) {
+        q = _mm256_loadu_si256((const __m256i *)(xsum + s));
+        r = _mm256_loadu_si256((const __m256i *)(raw + s));
+        x = _mm256_loadu_ps(xs + s);
+    } else {
+        q = _mm256_maskload_epi32(xsum + s, mask);
+        r = _mm256_maskload_epi32(raw + s, mask);
+        x = _mm256_maskload_ps(xs + s, mask);
+    }
+    if (OFF == V_U8)
+        o = _mm256_sub_epi32(load_bytes((const uint8_t *)off->p, s, n, nsub), _mm256_set1_epi32(rs->zero_bias));
+    else if (OFF == V_I32)
+        o = n == 8 ? _mm256_loadu_si256((const __m256i *)((const int32_t *)off->p + s))
+                   : _mm256_maskload_epi32((const int32_t *)off->p + s, mask);
+    if (rs->mult != 1)
+        r = _mm256_mullo_epi32(r, _mm256_set1_epi32(rs->mult));
+    __m256i isum = _mm256_sub_epi32(r, _mm256_mullo_epi32(o, q));
+    __m256 w = load_vals(ws, WS, s, n, nsub, mask);
+    *a = _mm256_add_ps(*a, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(x, w)));
+    if (WM != V_NONE) {
+        __m256 v = load_vals(wm, WM, s, n, nsub, mask);
+        *am = _mm256_add_ps(*am, _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_mul_ps(x, v)));
+    }
+}
+
+X86_INLINE void combine_row_t(const eq_rowscale *rs, int j, const int32_t *raw,
+                              const int32_t *xsum, const float *xs, __m256 *acc, __m256 *accm,
+                              const int WS, const int WM, const int OFF)
+{
+    rowsrc ws = vals_src(&rs->ws, j, WS), wm = vals_src(&rs->wm, j, WM);
+    rowsrc off = {NULL, _mm256_setzero_ps(), _mm256_set1_epi32(rs->off)};
+    if (OFF == V_U8)
+        off.p = rs->zeros + j * rs->zrow;
+    else if (OFF == V_I32)
+        off.p = rs->offs + j * rs->nsub;
+    else if (rs->zeros)  /* one zero point per row */
+        off.ci = _mm256_set1_epi32((int32_t)rs->zeros[j * rs->zrow] - rs->zero_bias);
+    __m256 a = _mm256_setzero_ps(), am = _mm256_setzero_ps();
+    int64_t s = 0;
+    for (; s + EQ_PARTIALS <= rs->nsub; s += EQ_PARTIALS)
+        combine_block(rs, &ws, &wm, &off, WS, WM, OFF, raw, xsum, xs, s, 8, &a, &am);
+    if (s < rs->nsub)
+        combine_block(rs, &ws, &wm, &off, WS, WM, OFF, raw, xsum, xs, s, (int)(rs->nsub - s), &a, &am);
+    *acc = a;
+    *accm = am;
+}
+
+/* r[j] lane p -> r[p] lane j */
+X86_INLINE void transpose8(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+/* nr rows: partials per row, then rows into lanes so that the partials are added in order
+ * 0..7 for eight rows at once. */
+X86_INLINE void combine_rows_t(const eq_rowscale *rs, int nr, const int32_t *raw, int64_t rstride,
+                               const int32_t *xsum, const float *xs, float *y,
+                               const int WS, const int WM, const int OFF)
+{
+    __m256 acc[8], accm[8];
+    for (int j = 0; j < 8; j++) {
+        acc[j] = accm[j] = _mm256_setzero_ps();
+        if (j < nr)
+            combine_row_t(rs, j, raw + j * rstride, xsum, xs, &acc[j], &accm[j], WS, WM, OFF);
+    }
+    transpose8(acc);
+    __m256 sum = _mm256_setzero_ps(), summ = _mm256_setzero_ps();
+    for (int p = 0; p < EQ_PARTIALS; p++)
+        sum = _mm256_add_ps(sum, acc[p]);
+    if (WM != V_NONE) {
+        transpose8(accm);
+        for (int p = 0; p < EQ_PARTIALS; p++)
+            summ = _mm256_add_ps(summ, accm[p]);
+    }
+    sum = _mm256_add_ps(sum, summ);
+    if (nr == 8) {
+        _mm256_storeu_ps(y, sum);
+    } else {
+        _mm256_maskstore_ps(y, _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), sum);
+    }
+}
+
+/* One instance per combination the layouts produce (mins only without zero points). */
+static void x86_combine(const eq_rowscale *rs, int nr, const int32_t *raw, int64_t rstride,
+                        const int32_t *xsum, const float *xs, float *y)
+{
+    const int ws = vals_mode(&rs->ws), wm = vals_mode(&rs->wm);
+    const int off = rs->offs ? V_I32 : rs->zeros && rs->zsub ? V_U8 : V_CONST;
+#define COMBINE_CASE(WS, WM, OFF)                                                            \
+    if (ws == WS && wm == WM && off == OFF) {                                                \
+        combine_rows_t(rs, nr, raw, rstride, xsum, xs, y, WS, WM, OFF);                      \
+        return;                                                                              \
+    }
+#define COMBINE_WS(WS)                                                                       \
+    COMBINE_CASE(WS, V_NONE, V_CONST)                                                        \
+    COMBINE_CASE(WS, V_NONE, V_U8)                                                           \
+    COMBINE_CASE(WS, V_NONE, V_I32)                                                          \
+    COMBINE_CASE(WS, V_CONST, V_CONST)                                                       \
+    COMBINE_CASE(WS, V_F16, V_CONST)                                                         \
+    COMBINE_CASE(WS, V_F32, V_CONST)
+    COMBINE_WS(V_F16)
+    COMBINE_WS(V_CONST)
+    COMBINE_WS(V_F32)
+#undef COMBINE_WS
+#undef COMBINE_CASE
+    eq_combine_scalar(rs, nr, raw, rstride, xsum, xs, y);  /* mins with zero points: none today */
+}
+
+/* ---- plan ---------------------------------------------------------------------------------- */
+
+static int x86_plan(const eq_qmatrix *w, int64_t m, eq_plan *plan)
+{
+    const int64_t k = w->k, group = w->pack_group;
+    if (k % EQ_SLOT)
+        return 0;
+#if EQ_VNNI
+    eq_prep_fn prep = prep_quad16;
+    int64_t (*prep_bytes)(int64_t, int64_t) = prep_quad16_bytes;
+#else
+    eq_prep_fn prep = prep_pair16;
+    int64_t (*prep_bytes)(int64_t, int64_t) = prep_pair16_bytes;
+#endif
+    *plan = (eq_plan){.decoded = 1};
+    switch (w->kind) {
+    case EQ_INT8:
+        *plan = (eq_plan){.flip = 1, .wide = 1};  /* u = c ^ 0x80 = c + 128 */
+        return 1;
+    case EQ_INT8_ASYM:
+        *plan = (eq_plan){.wide = 1};             /* u = the stored byte */
+        return 1;
+    case EQ_INT4:
+    case EQ_INT4_ASYM:
+    case EQ_POW2:
+        if (m == 1 && group == 32) {
+            plan->gemv = w->kind == EQ_POW2 ? gemv_pow2_32 : gemv_nib32;
+            plan->prep = prep;
+            plan->prep_bytes = prep_bytes(k, group);
+        }
+        return 1;
+    case EQ_TERNARY_2BIT:
+        if (m == 1 && group == 64) {
+            plan->gemv = gemv_crumb64;
+            plan->prep = prep;
+            plan->prep_bytes = prep_bytes(k, group);
+        } else if (m == 1 && group % 128 == 0) {
+            plan->gemv = gemv_crumb_planar;
+        }
+        return 1;
+    default:  /* base-3, binary: decoded into scratch */
+        return 1;
+    }
+}

