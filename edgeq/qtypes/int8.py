@@ -42,7 +42,8 @@ class Int8(Layout):
             return {"codes": q.astype(np.int8).reshape(w.shape), "scales": scales}
         lo = np.minimum(g.min(axis=2), 0)
         hi = np.maximum(g.max(axis=2), 0)
-        scales = storable_scale((hi - lo) / np.float32(255), spec.scale_dtype())
+        span = hi.astype(np.float64) - lo  # float32 would overflow for weights near its maximum
+        scales = storable_scale(span / 255, spec.scale_dtype())
         zeros = np.clip(np.rint(divide_or_zero(-lo[:, :, None], scales)[:, :, 0]), 0, 255)
         q = np.clip(np.rint(divide_or_zero(g, scales)) + zeros[:, :, None], 0, 255)
         return {"codes": q.astype(np.uint8).reshape(w.shape), "scales": scales,
