@@ -46,9 +46,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from gguf import GGUFReader
 
 from edgeq.converters import gguf_quants as gq
+from edgeq.converters.chunked import quantize_in_chunks
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.format import PackedWriter
-from edgeq.qtypes import QTensor, QuantSpec, from_components, get_layout, quantize
+from edgeq.qtypes import QTensor, QuantSpec, get_layout
 from edgeq.tokenizer.bpe import BPETokenizer
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ QTYPES = ("keep", "int8", "int4", "ternary", "binary", "pow2")
 #: the HF->GGUF converter permutes q/k rows for llama; "neox": pairs (i, i + rope_dim/2))
 ROPE_TYPES = {"llama": "norm", "qwen2": "neox"}
 EMBEDDING = "token_embd.weight"
-#: values per chunk when re-quantizing, to bound the float32 temporaries
-CHUNK_VALUES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -384,25 +383,9 @@ def target_spec(options: ImportOptions, name: str, shape: tuple[int, int]) -> Qu
 def requantize(name: str, raw: np.ndarray, ggml_type: T, shape: tuple[int, int],
                spec: QuantSpec) -> tuple[QTensor, dict]:
     """Dequantize (gguf.quants) and quantize to `spec`, in row chunks; returns the error too."""
-    rows, k = shape
-    step = rows if spec.granularity == "tensor" else max(1, CHUNK_VALUES // k)
-    parts, sq_err, sq_ref, max_err = [], 0.0, 0.0, 0.0
-    for start in range(0, rows, step):
-        w = gq.dequantize(raw[start:start + step], ggml_type, name).reshape(-1, k)
-        try:
-            q = quantize(w, spec.qtype, group_size=spec.group_size or None, symmetric=spec.symmetric,
-                         granularity=spec.granularity, packing=spec.packing)
-        except FormatError as e:
-            raise FormatError(f"tensor {name!r}: {e}") from None
-        err = q.dequantize() - w
-        sq_err += float(np.square(err, dtype=np.float64).sum())
-        sq_ref += float(np.square(w, dtype=np.float64).sum())
-        max_err = max(max_err, float(np.abs(err).max()))
-        parts.append(q.data)
-    data = parts[0] if len(parts) == 1 else {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
-    qt = from_components(spec, shape, data, where=f"tensor {name!r}")
-    rel = math.sqrt(sq_err / sq_ref) if sq_ref > 0 else 0.0
-    return qt, {"max_abs_error": max_err, "rel_rms_error": rel}
+    k = shape[1]
+    return quantize_in_chunks(name, shape, spec,
+                              lambda start, stop: gq.dequantize(raw[start:stop], ggml_type, name).reshape(-1, k))
 
 
 def convert_tensor(name: str, raw: np.ndarray, ggml_type: T, shape: tuple[int, ...],

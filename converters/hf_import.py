@@ -50,12 +50,13 @@ from typing import Callable
 
 import numpy as np
 
+from edgeq.converters.chunked import quantize_in_chunks
 from edgeq.converters.gguf_import import describe
 from edgeq.converters.hf_config import BertConfig, LlamaConfig, read_hf_config
 from edgeq.converters.safetensors import open_checkpoint
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.format import PackedWriter
-from edgeq.qtypes import QTensor, QuantSpec, from_components, get_layout, quantize
+from edgeq.qtypes import QuantSpec, get_layout
 from edgeq.tokenizer.bpe import BPETokenizer
 from edgeq.tokenizer.wordpiece import WordPieceTokenizer
 
@@ -63,8 +64,6 @@ log = logging.getLogger(__name__)
 
 QTYPES = (None, "int8", "int4", "ternary", "binary", "pow2")
 EMBEDDING_DTYPES = ("float32", "float16")
-#: float values per chunk when quantizing, to bound the float32 temporaries
-CHUNK_VALUES = 1 << 22
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -312,29 +311,6 @@ def check_sources(items: list[Item], ckpt, folder: Path) -> None:
         log.info("%s: %d tensors not used by edgeq (e.g. %s)", folder, len(unused), ", ".join(unused[:3]))
 
 
-def quantize_chunked(name: str, w: np.ndarray, spec: QuantSpec) -> tuple[QTensor, dict]:
-    """Round-to-nearest quantization of a float matrix in row chunks; returns the error too."""
-    rows, k = w.shape
-    step = rows if spec.granularity == "tensor" else max(1, CHUNK_VALUES // k)
-    parts, sq_err, sq_ref, max_err = [], 0.0, 0.0, 0.0
-    for start in range(0, rows, step):
-        chunk = np.asarray(w[start:start + step], dtype=np.float32)
-        try:
-            q = quantize(chunk, spec.qtype, group_size=spec.group_size or None, symmetric=spec.symmetric,
-                         granularity=spec.granularity, packing=spec.packing)
-        except FormatError as e:
-            raise FormatError(f"tensor {name!r}: {e}") from None
-        err = q.dequantize() - chunk
-        sq_err += float(np.square(err, dtype=np.float64).sum())
-        sq_ref += float(np.square(chunk, dtype=np.float64).sum())
-        max_err = max(max_err, float(np.abs(err).max()))
-        parts.append(q.data)
-    data = parts[0] if len(parts) == 1 else {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
-    qt = from_components(spec, (rows, k), data, where=f"tensor {name!r}")
-    rel = math.sqrt(sq_err / sq_ref) if sq_ref > 0 else 0.0
-    return qt, {"max_abs_error": max_err, "rel_rms_error": rel}
-
-
 def convert_item(item: Item, ckpt, options: HFImportOptions):
     """One .eqm tensor -> (QTensor or float array, its report entry)."""
     arrays = [ckpt.tensor(s) for s in item.sources]
@@ -342,7 +318,8 @@ def convert_item(item: Item, ckpt, options: HFImportOptions):
     record = {"source": list(item.sources), "source_dtype": ckpt.info(item.sources[0]).dtype, "exact": True}
     quantized = item.role == "linear" or (item.role == "embedding" and options.quantize_embeddings)
     if quantized and options.qtype is not None:
-        qt, error = quantize_chunked(item.name, w, options.spec_for(item.name, tuple(w.shape)))
+        qt, error = quantize_in_chunks(item.name, tuple(w.shape), options.spec_for(item.name, tuple(w.shape)),
+                                       lambda start, stop: w[start:stop])
         return qt, {**record, "exact": False, **error}
     if item.role == "embedding" and options.embedding_dtype == "float16":
         w16 = np.asarray(w, dtype=np.float16)
