@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
@@ -70,6 +70,55 @@ def test_gelu_is_exact():
     exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
     got = gelu(x.copy())
     assert np.all(np.abs(got - exact) <= 1e-6 * np.maximum(1, np.abs(exact)))
+
+
+needs_numba = pytest.mark.skipif(bert.njit is None, reason="Numba is not installed")
+
+
+@needs_numba
+def test_fast_gelu_is_exact():
+    x = np.concatenate([np.linspace(-12, 12, 48_001), [-1e30, 1e30, 0.0]]).astype(np.float32)
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    got = bert._gelu_fast(x.reshape(2, -1).copy()).reshape(-1)
+    assert np.all(np.abs(got - exact) <= 1e-6 * np.maximum(1, np.abs(exact)))
+
+
+def attention_float64(qkv: np.ndarray, lengths, heads: int) -> np.ndarray:
+    """Per-sequence softmax(q k^T / sqrt d) v in float64: the oracle for both attention paths."""
+    total, dim = qkv.shape[0], qkv.shape[1] // 3
+    d, out, start = dim // heads, np.empty((total, dim)), 0
+    for n in lengths:
+        q, k, v = qkv[start:start + n].astype(np.float64).reshape(n, 3, heads, d).transpose(1, 2, 0, 3)
+        s = q @ k.transpose(0, 2, 1) / math.sqrt(d)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        out[start:start + n] = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(n, dim)
+        start += n
+    return out
+
+
+@needs_numba
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=6), st.sampled_from([1, 2, 4]),
+       st.floats(0.1, 4), st.integers(0, 2**31))  # |scores| up to ~50, as in real models
+def test_fast_attention_and_layer_norm(lengths, heads, spread, seed):
+    rng = np.random.default_rng(seed)
+    dim = 8 * heads
+    qkv = (rng.standard_normal((sum(lengths), 3 * dim)) * spread).astype(np.float32)
+    lengths_ = np.array(lengths, dtype=np.int64)
+    starts = np.cumsum(lengths_) - lengths_
+    got = bert._attention_fast(qkv, starts, lengths_, heads, np.empty((len(qkv), dim), np.float32))
+    np.testing.assert_allclose(got, attention_float64(qkv, lengths, heads), rtol=0,
+                               atol=1e-5 * np.abs(qkv).max())
+    # a sequence gets the same bits alone as in the batch
+    alone = bert._attention_fast(qkv[starts[-1]:], np.zeros(1, np.int64), lengths_[-1:], heads,
+                                 np.empty((lengths[-1], dim), np.float32))
+    np.testing.assert_array_equal(alone, got[starts[-1]:])
+    x, res = qkv[:, :dim].copy(), qkv[:, dim:2 * dim].copy()
+    w, b = rng.standard_normal(dim).astype(np.float32), rng.standard_normal(dim).astype(np.float32)
+    for r in (res, None):
+        want = bert.add_layer_norm(x.copy(), r, w, b, 1e-12)
+        np.testing.assert_allclose(bert._layer_norm_fast(x.copy(), r, w, b, 1e-12), want,
+                                   rtol=0, atol=2e-5 * np.abs(want).max())
 
 
 # --- batching and pooling -----------------------------------------------------------------------
@@ -240,6 +289,25 @@ def test_tiny_bert_matches_reference(tmp_path, pooling, normalize):
         np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
     q = edgeq.load(convert_hf(folder, tmp_path / "tiny8.eqm", qtype="int8"))
     assert cosines(q.embed(TEXTS, batch_size=3), ref).min() > 0.99
+
+
+def test_fast_path_matches_numpy_reference(tmp_path):
+    """The fused Numba kernels and the NumPy reference path give the same embeddings; a NaN
+    weight gives a clear error instead of a silent NaN embedding."""
+    folder, _ = tiny_bert_folder(tmp_path / "hf")
+    path = convert_hf(folder, tmp_path / "tiny.eqm")
+    reference = edgeq.load(path, backend="numpy")
+    assert not reference.fast
+    fast = edgeq.load(path)
+    assert fast.fast is (bert.njit is not None)
+    np.testing.assert_allclose(fast.embed(TEXTS, batch_size=2), reference.embed(TEXTS, batch_size=2),
+                               rtol=0, atol=2e-6)
+    src = edgeq.open(path)
+    tensors = {n: src[n] for n in src}
+    tensors["blk.1.ffn_up.bias"] = np.full_like(tensors["blk.1.ffn_up.bias"], np.nan)
+    edgeq.save(tmp_path / "nan.eqm", tensors, config=src.config, tokenizer=src.tokenizer)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        edgeq.load(tmp_path / "nan.eqm").embed(TEXTS)
 
 
 def test_padding_never_reaches_per_token_layers(tmp_path, monkeypatch):

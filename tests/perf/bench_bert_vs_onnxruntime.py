@@ -1,6 +1,7 @@
 """all-MiniLM-L6-v2 sentence embeddings: edgeq against ONNX Runtime, in one run.
 
-    python tests/perf/bench_bert_vs_onnxruntime.py [--workdir DIR] [--rounds 5] [--threads 1 2]
+    python tests/perf/bench_bert_vs_onnxruntime.py [--workdir DIR] [--rounds 5] [--repeat 3]
+                                                   [--threads 1 2] [--engines ...]
 
 Needs torch and transformers (ONNX export), onnx and onnxruntime (pip install onnx
 onnxruntime): a benchmark script, not part of the test suite.
@@ -15,7 +16,9 @@ Engines (weights from the same HF folder):
 Each (engine, threads) runs in its own process (thread counts are fixed when the BLAS and
 ORT start; peak RSS is per process). Timed: token ids -> normalized embeddings (forward,
 mean pooling, L2), over the 60 golden sentences (4-41 tokens) at batch 1 and 32, sorted
-by length and padded per batch for both engines; the median of --rounds passes. Tokenizers
+by length and padded per batch for both engines; the median of --rounds passes. The whole
+cycle of worker processes runs --repeat times, interleaved, and each figure is the median over
+the cycles: on a shared machine the load drifts between consecutive processes. Tokenizers
 are timed apart (edgeq WordPiece vs HF tokenizers, fresh caches). Agreement is the cosine
 against the FP32 sentence-transformers golden embeddings.
 """
@@ -187,6 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/edgeq-bench-bert"))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved cycles over the engines")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "PATH", "THREADS"), help=argparse.SUPPRESS)
@@ -197,16 +201,23 @@ def main() -> None:
         return
 
     paths = prepare(args.workdir)
+    runs: dict[tuple, list[dict]] = {}
+    for _ in range(args.repeat):
+        for threads in args.threads:
+            env = dict(os.environ, EDGEQ_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+                       OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+            for engine in args.engines:
+                proc = subprocess.run([sys.executable, __file__, "--rounds", str(args.rounds), "--worker",
+                                       engine, str(paths[engine]), str(threads)],
+                                      env=env, capture_output=True, text=True, check=True)
+                runs.setdefault((engine, threads), []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                print(json.dumps(runs[engine, threads][-1]), flush=True)
     results = []
-    for threads in args.threads:
-        env = dict(os.environ, EDGEQ_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-                   OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        for engine in args.engines:
-            proc = subprocess.run([sys.executable, __file__, "--rounds", str(args.rounds), "--worker",
-                                   engine, str(paths[engine]), str(threads)],
-                                  env=env, capture_output=True, text=True, check=True)
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(json.dumps(results[-1]), flush=True)
+    for group in runs.values():  # medians over the cycles; agreement, sizes and RSS do not drift
+        merged = dict(group[-1])
+        for key in ("sent_s_b1", "sent_s_b32", "load_s", "peak_rss_mb"):
+            merged[key] = round(statistics.median(r[key] for r in group), 1)
+        results.append(merged)
 
     print("\n| engine | threads | sent/s b1 | sent/s b32 | cos mean / min (b32) | file MiB | peak RSS MiB |")
     print("|---|---:|---:|---:|---|---:|---:|")
