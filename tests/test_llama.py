@@ -214,6 +214,75 @@ def test_take_rows_equals_dequantized_rows(qtype, rows):
     np.testing.assert_array_equal(take_rows(qt, ids).dequantize(), qt.dequantize()[ids])
 
 
+# --- the Numba steps of the fast path (edgeq.models.llama_steps) -----------------------------
+def _step_helpers():
+    from numba import njit
+
+    from edgeq.models import llama_steps as s
+
+    @njit
+    def widen(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = s.half_to_float(bits[i])
+
+    @njit
+    def narrow(x, out):
+        for i in range(x.shape[0]):
+            out[i] = s.float_to_half(x[i])
+
+    return s, widen, narrow
+
+
+def test_half_conversions_match_numpy():
+    """Every binary16 pattern widens exactly; float32 values (normal, subnormal, overflowing,
+    ties) round to the pattern numpy's astype(float16) gives."""
+    _, widen, narrow = _step_helpers()
+    bits = np.arange(2**16, dtype=np.uint16)
+    bits = bits[~np.isnan(bits.view(np.float16))]
+    got = np.empty(bits.shape, np.float32)
+    widen(bits, got)
+    np.testing.assert_array_equal(got, bits.view(np.float16).astype(np.float32))
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([raw[np.isfinite(raw)], got + np.float32(2**-25) * np.abs(got),  # ties
+                        np.float32([65504, 65520, 65519.99, 1e-8, -6e-8, 3e-8, np.inf, -np.inf])])
+    out = np.empty(x.shape, np.uint16)
+    narrow(x.astype(np.float32), out)
+    np.testing.assert_array_equal(out, x.astype(np.float32).astype(np.float16).view(np.uint16))
+
+
+@settings(max_examples=40)
+@given(st.integers(1, 6), st.sampled_from([8, 32]), st.integers(0, 2**32 - 1), st.floats(1e-6, 1e6))
+def test_step_quantization_is_the_reference_rule(blocks, block, seed, spread):
+    from edgeq.kernels import reference as ref
+
+    s, _, _ = _step_helpers()
+    rng = np.random.default_rng(seed)
+    h = (rng.standard_normal(blocks * block) * spread).astype(np.float32)
+    if seed % 3 == 0:  # an all-zero block: scale 0, codes 0
+        h[:block] = 0
+    q, scales = np.empty(h.shape, np.int8), np.empty(blocks, np.float32)
+    assert s.quantize_row(h, block, q, scales)
+    want_q, want_s = ref.quantize_activations(h[None], block)
+    np.testing.assert_array_equal(q, want_q[0])
+    np.testing.assert_array_equal(scales, want_s[0])
+    h[-1] = np.inf
+    assert not s.quantize_row(h, block, q, scales)
+
+
+@pytest.mark.parametrize("qtype", ["int8", "int4"])
+def test_fast_path_matches_the_numpy_path(tmp_path, qtype):
+    """The Numba steps compute the numpy path's formulas: same logits up to float rounding
+    (sums in another order, so int8 activations may round a step apart now and then)."""
+    path, _, _ = tiny_model(tmp_path, qtype=qtype)
+    fast, plain = edgeq.load(path), edgeq.load(path, numba_steps=False)
+    assert fast.fast_path and not plain.fast_path
+    assert not edgeq.load(path, kv_dtype="int8").fast_path
+    ids = [3, 17, 5, 39, 0, 22, 8, 8, 11, 2]
+    a, b = fast.logits(ids), plain.logits(ids)
+    np.testing.assert_allclose(a, b, rtol=0, atol=0.05 * np.abs(b).max())
+
+
 # --- the real model ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smol_path(tmp_path_factory):
@@ -232,6 +301,17 @@ def test_next_token_is_paris(smol):
     assert logits.shape == (5, 49152) and logits.dtype == np.float32
     # llama.cpp (llama-cpp-python 0.3, same file) ranks " Paris" (17.34) then " the" (14.80)
     assert list(np.argsort(-logits[-1])[:2]) == [PARIS, THE]
+
+
+def test_fast_path_agrees_with_the_numpy_path_on_smollm2(smol_path, smol):
+    assert smol.fast_path
+    ids = PROMPT_IDS + [PARIS, 30, 260, 3575]
+    a = smol.logits(ids).astype(np.float64)
+    b = edgeq.load(smol_path, numba_steps=False).logits(ids).astype(np.float64)
+    cos = (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    # the two paths round activations to int8 from differently-summed floats, so they part
+    # about as far as edgeq and llama.cpp do (cosine 0.998 at worst over the chat prompts)
+    assert cos.min() > 0.995 and (a.argmax(axis=1) == b.argmax(axis=1)).mean() >= 0.75, cos
 
 
 def test_decode_with_cache_equals_prompt_logits(smol):

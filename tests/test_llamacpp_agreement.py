@@ -10,8 +10,9 @@ the margin exceeds 0.5 (/work/shared/MEASURED.md). edgeq quantizes activations d
 (and keeps its KV cache in float16 like llama.cpp), so it must land about as close:
     chat prompts   final-position cosine >= 0.998 each, same top-1 for >= 4 of 5
     corpus         top-1 agreement >= 95% of the 4096 positions, >= 99.9% where llama.cpp's
-                   top-1 margin > 0.5; perplexity within 1% (4096 tokens; 16384 in a second test)
-The corpus tests run 16 (or 64) windows of 256 tokens through the model: marked slow.
+                   top-1 margin > 0.5; perplexity within 1% (the issue's 4096 tokens; the
+                   golden file also holds 16384 tokens' log-probs for runs by hand)
+The corpus test runs 16 windows of 256 tokens through the model (one module fixture): slow.
 """
 
 from __future__ import annotations
@@ -64,11 +65,6 @@ def _chat(golden: dict, i: int) -> list[int]:
     return golden["chat_ids"][start:end].tolist()
 
 
-def top1_and_margin(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    top2 = np.partition(logits, -2, axis=-1)[..., -2:]
-    return logits.argmax(axis=-1), top2[..., 1] - top2[..., 0]
-
-
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64), b.astype(np.float64)
     return float(a @ b / np.sqrt((a @ a) * (b @ b)))
@@ -116,22 +112,20 @@ def test_chat_prompt_logits_agree(golden: dict, smol) -> None:
 
 
 # --- corpus: teacher-forced windows ----------------------------------------------------------
+CORPUS_WINDOWS = 16  # 4096 tokens, as the issue asks
+
+
 @pytest.fixture(scope="module")
-def corpus_runs(golden: dict, smol):
-    """Window index -> (edgeq top-1, margin, next-token log-probs), computed on first use."""
+def corpus_run(golden: dict, smol) -> tuple[np.ndarray, np.ndarray]:
+    """edgeq's top-1 over the first CORPUS_WINDOWS windows and its next-token log-probs
+    (windows, window - 1): every window from an empty cache, computed once per module."""
     size = int(golden["window"])
-    ids = golden["corpus_ids"]
-    done: dict[int, tuple] = {}
-
-    def run(n_windows: int) -> list[tuple]:
-        for w in range(n_windows):
-            if w not in done:
-                part = ids[w * size:(w + 1) * size]
-                logits = smol.logits(part)
-                done[w] = (*top1_and_margin(logits), next_token_logprobs(logits, part))
-        return [done[w] for w in range(n_windows)]
-
-    return run
+    top1, logprobs = [], []
+    for part in golden["corpus_ids"][:CORPUS_WINDOWS * size].reshape(CORPUS_WINDOWS, size):
+        logits = smol.logits(part)
+        top1.append(logits.argmax(axis=-1))
+        logprobs.append(next_token_logprobs(logits, part))
+    return np.concatenate(top1), np.stack(logprobs)
 
 
 def _ppl(logprobs: np.ndarray) -> float:
@@ -139,32 +133,20 @@ def _ppl(logprobs: np.ndarray) -> float:
 
 
 @pytest.mark.slow
-def test_corpus_top1_and_perplexity_agree(golden: dict, corpus_runs) -> None:
-    n_windows = 16
-    runs = corpus_runs(n_windows)
-    n = n_windows * int(golden["window"])
-    ours_top1 = np.concatenate([r[0] for r in runs])
+def test_corpus_top1_and_perplexity_agree(golden: dict, corpus_run) -> None:
+    ours_top1, ours_logprobs = corpus_run
+    n = ours_top1.shape[0]
     theirs_top1, margin = golden["top1"][:n], golden["margin"][:n]
     agree = ours_top1 == theirs_top1
     confident = margin > CONFIDENT_MARGIN
-    ours_ppl = _ppl(np.concatenate([r[2] for r in runs]))
-    theirs_ppl = _ppl(golden["logprob"][:n_windows])
+    ours_ppl = _ppl(ours_logprobs)
+    theirs_ppl = _ppl(golden["logprob"][:CORPUS_WINDOWS])
     assert theirs_ppl == pytest.approx(golden["info"]["ppl_16_windows"], rel=1e-6)
     log.info("top-1 %.4f, confident (%d positions) %.5f, ppl edgeq %.4f llama.cpp %.4f",
              agree.mean(), confident.sum(), agree[confident].mean(), ours_ppl, theirs_ppl)
     assert agree.mean() >= TOP1_AGREEMENT
     assert agree[confident].mean() >= CONFIDENT_AGREEMENT, np.flatnonzero(confident & ~agree)
     assert ours_ppl == pytest.approx(theirs_ppl, rel=PPL_REL)
-
-
-@pytest.mark.slow
-def test_corpus_perplexity_agrees_on_16k_tokens(golden: dict, corpus_runs) -> None:
-    n_windows = golden["logprob"].shape[0]
-    ours = _ppl(np.concatenate([r[2] for r in corpus_runs(n_windows)]))
-    theirs = _ppl(golden["logprob"])
-    assert theirs == pytest.approx(golden["info"]["ppl_64_windows"], rel=1e-6)
-    log.info("ppl over %d windows: edgeq %.4f llama.cpp %.4f", n_windows, ours, theirs)
-    assert ours == pytest.approx(theirs, rel=PPL_REL)
 
 
 # --- the perplexity rule (edgeq.eval) ------------------------------------------------------

@@ -1,6 +1,11 @@
 """Key/value cache of a decoder: preallocated for the whole context, one slot per position.
 
-    keys, values  (n_layers, n_kv_heads, capacity, head_dim)
+    keys    (n_layers, n_kv_heads, n_blocks, head_dim, KEY_BLOCK): position p in block
+            p // KEY_BLOCK, column p % KEY_BLOCK (n_blocks = ceil(capacity / KEY_BLOCK));
+            transposed so the scores of one query against every position read contiguous
+            memory, in blocks so a new position commits one block's pages, not a page per
+            dimension of the whole capacity
+    values  (n_layers, n_kv_heads, capacity, head_dim)
         "float16" (default) or "float32": the values as computed, rounded to the dtype;
         "int8": codes q = rint(x / s) in [-127, 127] with one float32 scale per layer, head and
                 position, s = absmax(x over head_dim) / 127 (s = 0 for an all-zero vector),
@@ -20,6 +25,8 @@ import mmap
 import numpy as np
 
 KV_DTYPES = ("float16", "float32", "int8")
+#: positions per transposed key block (see above)
+KEY_BLOCK = 256
 
 
 class ContextFullError(ValueError):
@@ -36,7 +43,8 @@ class KVCache:
         self.dtype, self.capacity, self.length = dtype, capacity, 0
         shape = (n_layers, n_kv_heads, capacity, head_dim)
         store = np.int8 if dtype == "int8" else np.dtype(dtype)
-        self.keys = lazy_zeros(shape, store)
+        n_blocks = -(-capacity // KEY_BLOCK)
+        self.keys = lazy_zeros((n_layers, n_kv_heads, n_blocks, head_dim, KEY_BLOCK), store)
         self.values = lazy_zeros(shape, store)
         if dtype == "int8":
             self.key_scales = lazy_zeros(shape[:3], np.float32)
@@ -57,17 +65,32 @@ class KVCache:
     def store(self, layer: int, k: np.ndarray, v: np.ndarray) -> None:
         """Write k, v (n_kv_heads, T, head_dim) float32 at positions [length, length + T)."""
         start, end = self.length, self.length + k.shape[1]
+        pos = np.arange(start, end)
+        # the two index arrays around a slice put positions first: (T, n_kv_heads, head_dim)
+        key_slots = (layer, slice(None), pos // KEY_BLOCK, slice(None), pos % KEY_BLOCK)
         if self.dtype == "int8":
-            _quantize_into(k, self.keys[layer, :, start:end], self.key_scales[layer, :, start:end])
-            _quantize_into(v, self.values[layer, :, start:end], self.value_scales[layer, :, start:end])
+            codes, self.key_scales[layer, :, start:end] = _quantize(k)
+            self.keys[key_slots] = codes.transpose(1, 0, 2)
+            self.values[layer, :, start:end], self.value_scales[layer, :, start:end] = _quantize(v)
         else:
-            self.keys[layer, :, start:end] = k
+            self.keys[key_slots] = k.transpose(1, 0, 2)
             self.values[layer, :, start:end] = v
+
+    def half_bits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values of a "float16" cache as uint16 views of the same memory (IEEE
+        binary16 bits), for kernels that cannot take float16 arrays (Numba)."""
+        if self.dtype != "float16":
+            raise ValueError(f"half_bits needs a float16 cache, this one is {self.dtype}")
+        return self.keys.view(np.uint16), self.values.view(np.uint16)
 
     def read(self, layer: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Keys and values of positions [0, end) as float32 (n_kv_heads, end, head_dim):
-        views of the cache for "float32", converted copies otherwise."""
-        k, v = self.keys[layer, :, :end], self.values[layer, :, :end]
+        copies for the keys (their blocks are reassembled), values are views of the cache
+        for "float32", converted copies otherwise."""
+        n_kv, n_blocks, hd, block = self.keys.shape[1:]
+        used = -(-end // block)
+        k = self.keys[layer, :, :used].transpose(0, 1, 3, 2).reshape(n_kv, used * block, hd)[:, :end]
+        v = self.values[layer, :, :end]
         if self.dtype == "int8":
             return k * self.key_scales[layer, :, :end, None], v * self.value_scales[layer, :, :end, None]
         return k.astype(np.float32, copy=False), v.astype(np.float32, copy=False)
@@ -91,9 +114,8 @@ def lazy_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
-def _quantize_into(x: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> None:
-    """Symmetric int8 per vector along the last axis, written into the cache slices."""
-    s = np.abs(x).max(axis=-1) / np.float32(127)
-    scales[...] = s
+def _quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per vector along the last axis: (codes int8, scales float32)."""
+    s = (np.abs(x).max(axis=-1) / np.float32(127)).astype(np.float32)
     safe = np.where(s > 0, s, np.float32(1))[..., None]
-    codes[...] = np.clip(np.rint(x / safe), -127, 127)
+    return np.clip(np.rint(x / safe), -127, 127).astype(np.int8), s

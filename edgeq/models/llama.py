@@ -50,12 +50,20 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from edgeq.errors import FormatError, UnsupportedError
-from edgeq.linear import linear
+from edgeq.kernels import backends
+from edgeq.kernels.table import lookup, weight_kind
+from edgeq.linear import activation_block, linear
 from edgeq.models import register
 from edgeq.models.kv_cache import KV_DTYPES, KVCache
 from edgeq.qtypes import QTensor
 
 log = logging.getLogger(__name__)
+
+try:  # the fast path's fused elementwise steps; without Numba the numpy path runs
+    from edgeq.models import llama_steps
+except ImportError as e:  # pragma: no cover - platforms without Numba
+    llama_steps = None
+    _STEPS_MISSING = f"{type(e).__name__}: {e}"
 
 ROPE_TYPES = ("norm", "neox")
 #: prompt positions processed per forward pass; bounds the attention scores' memory
@@ -174,10 +182,17 @@ class LlamaModel:
     on SmolLM2-135M it saves 10-25% of the time of those five projections (about 3 ms per
     decoded token with the numba and native kernels) but costs 41.5 MiB of copied weights
     (repacked_bytes) next to the 96 MiB memory map.
+
+    numba_steps: run the work between matrix products as the fused Numba steps of
+    edgeq.models.llama_steps (four calls per block; each activation quantized once and the
+    result shared by every matrix that reads it). It applies when every matrix is a QTensor
+    and the KV cache is float16 (`fast_path` says whether it is used); otherwise, or with
+    False, the numpy path below runs. The backend is resolved once, at load.
     """
 
     def __init__(self, packed, *, context_length: int | None = None, kv_dtype: str = "float16",
-                 backend: str | None = None, fuse_projections: bool = False):
+                 backend: str | None = None, fuse_projections: bool = False,
+                 numba_steps: bool = True):
         where = f"{packed.path}: config"
         self.config = c = LlamaConfig.from_dict(packed.config or {}, where)
         limit = c.context_length if context_length is None else int(context_length)
@@ -196,6 +211,31 @@ class LlamaModel:
         self._inv_freq = self._rope_frequencies(packed)
         self._group = c.n_heads // c.n_kv_heads
         self._scale = np.float32(1.0 / np.sqrt(c.head_dim))
+        self.fast_path = numba_steps and self._fast_path_applies()
+        if self.fast_path:
+            self._matmul = self._matmul_kernels()
+
+    def _matrices(self) -> list:
+        return [self.output] + [m for b in self.blocks for m in (*b.qkv, b.wo, *b.gate_up, b.w_down)]
+
+    def _fast_path_applies(self) -> bool:
+        matrices = self._matrices()
+        why = ("Numba is missing (" + _STEPS_MISSING + ")" if llama_steps is None else
+               "the KV cache is not float16" if self.kv_dtype != "float16" else
+               "some matrices are not quantized" if not all(isinstance(m, QTensor) for m in matrices)
+               else None)
+        if why:
+            log.info("%s: the numpy path runs: %s", self.path, why)
+        return why is None
+
+    def _matmul_kernels(self) -> dict:
+        """id(matrix) -> the op table's matmul for its kind on this model's backend."""
+        name = backends.resolve(self.backend)
+        table = {}
+        for m in self._matrices():
+            kind = weight_kind(m.spec)
+            table[id(m)] = lookup("matmul", kind, name) or lookup("matmul", kind, "numpy")
+        return table
 
     # --- loading -------------------------------------------------------------------------
     def _tensor(self, packed, name: str, shape: tuple[int, ...]):
@@ -345,8 +385,10 @@ class LlamaModel:
         c = self.config
         start, end = cache.length, cache.length + t
         angles = np.arange(start, end, dtype=np.float64)[:, None] * self._inv_freq[None, :]
-        cos = np.cos(angles).astype(np.float32)[:, None, :]
-        sin = np.sin(angles).astype(np.float32)[:, None, :]
+        cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+        if self.fast_path and cache.dtype == "float16":
+            return self._forward_steps(ids, cache, cos, sin, all_logits)
+        cos, sin = cos[:, None, :], sin[:, None, :]
         n_qk = c.n_heads + c.n_kv_heads
         qk_width = n_qk * c.head_dim
         x = self._embed(ids)
@@ -369,6 +411,58 @@ class LlamaModel:
         if not all_logits:
             x = x[-1:]
         logits = self._project(rms_norm(x, self.output_norm, c.rms_eps), self.output)
+        return logits if all_logits else logits[0]
+
+    def _forward_steps(self, ids: np.ndarray, cache: KVCache, cos: np.ndarray, sin: np.ndarray,
+                       all_logits: bool) -> np.ndarray:
+        """forward() through the Numba steps (llama_steps): per block, norm_quantize ->
+        q|k|v -> attend_quantize -> o -> norm_quantize -> gate|up -> swiglu_quantize -> down,
+        each activation quantized once into buffers shared by the whole pass."""
+        c, steps, mm = self.config, llama_steps, self._matmul
+        t, start = ids.shape[0], cache.length
+        d, qw, kvw = c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        bd, bq, bf = (activation_block(n, 32) for n in (d, qw, c.ffn_dim))
+        xq_d, xs_d = np.empty((t, d), np.int8), np.empty((t, d // bd), np.float32)
+        xq_q, xs_q = np.empty((t, qw), np.int8), np.empty((t, qw // bq), np.float32)
+        xq_f, xs_f = np.empty((t, c.ffn_dim), np.int8), np.empty((t, c.ffn_dim // bf), np.float32)
+        keys, values = cache.half_bits()
+        neox, eps = c.rope_type == "neox", c.rms_eps
+        x = np.ascontiguousarray(self._embed(ids), dtype=np.float32)
+        delta = np.empty((0, d), np.float32)
+
+        def check(finite: bool, what: str) -> None:
+            if not finite:
+                raise ValueError(f"{what} contains NaN or inf")
+
+        def project(xq, xs, block, matrices, widths):
+            if len(matrices) == 1:
+                y = mm[id(matrices[0])](matrices[0], xq, xs, block)
+                if len(widths) == 1:
+                    return (y,)
+                edges = np.cumsum(widths)[:-1]
+                return tuple(np.ascontiguousarray(part) for part in np.split(y, edges, axis=1))
+            return tuple(mm[id(w)](w, xq, xs, block) for w in matrices)
+
+        for i, b in enumerate(self.blocks):
+            # --- hot loop: one block per iteration, four steps and the matrix products ---
+            check(steps.norm_quantize(x, delta, b.attn_norm, eps, bd, xq_d, xs_d), f"block {i} input")
+            q, k, v = project(xq_d, xs_d, bd, b.qkv, (qw, kvw, kvw))
+            if b.qkv_bias is not None:
+                q += b.qkv_bias[:qw]
+                k += b.qkv_bias[qw:qw + kvw]
+                v += b.qkv_bias[qw + kvw:]
+            check(steps.attend_quantize(q, k, v, start, cos, sin, c.rope_dim, neox, self._scale,
+                                        keys[i], values[i], bq, xq_q, xs_q), f"block {i} attention")
+            (o,) = project(xq_q, xs_q, bq, (b.wo,), (d,))
+            check(steps.norm_quantize(x, o, b.ffn_norm, eps, bd, xq_d, xs_d), f"block {i} residual")
+            gate, up = project(xq_d, xs_d, bd, b.gate_up, (c.ffn_dim, c.ffn_dim))
+            check(steps.swiglu_quantize(gate, up, bf, xq_f, xs_f), f"block {i} MLP")
+            (delta,) = project(xq_f, xs_f, bf, (b.w_down,), (d,))
+        cache.advance(t)
+        rows = slice(0, t) if all_logits else slice(t - 1, t)
+        check(steps.norm_quantize(x[rows], delta[rows], self.output_norm, eps, bd, xq_d[rows],
+                                  xs_d[rows]), "final hidden state")
+        logits = mm[id(self.output)](self.output, xq_d[rows], xs_d[rows], bd)
         return logits if all_logits else logits[0]
 
     def logits(self, token_ids) -> np.ndarray:
