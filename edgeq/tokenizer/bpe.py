@@ -134,13 +134,10 @@ class BPETokenizer:
         self._tokens = _check_tokens(tokens, source)
         n_vocab = len(self._tokens)
         self._types = _check_types(token_types, n_vocab, source)
-        self._merges = _check_merges(merges, source)
-        self._ranks: dict[tuple[str, str], int] = {}
-        for rank, merge in enumerate(self._merges):
-            # llama.cpp splits at the first space after the first character; a repeated
-            # pair keeps its first (lowest) rank.
-            cut = merge.find(" ", 1)
-            self._ranks.setdefault((merge[:cut], merge[cut + 1:]), rank)
+        self._merges = tuple(merges)
+        pairs = _merge_pairs(self._merges, source)
+        # a repeated pair keeps its first (lowest) rank: the reversed walk writes it last
+        self._ranks: dict[tuple[str, str], int] = {pairs[r]: r for r in range(len(pairs) - 1, -1, -1)}
         self._token_to_id = {text: i for i, text in enumerate(self._tokens)}
         if len(self._token_to_id) != n_vocab:
             raise FormatError(f"{source}: tokenizer.ggml.tokens holds duplicate token texts")
@@ -164,7 +161,7 @@ class BPETokenizer:
             (i for i, kind in enumerate(self._attrs) if kind in kinds),
             key=lambda i: (-len(self._tokens[i].encode("utf-8", "surrogatepass")), i),
         )
-        self._pieces = [self._piece(i) for i in range(n_vocab)]
+        self._pieces: dict[int, bytes] = {}  # filled as tokens are decoded: building all costs ~0.1 s
         self._word_cache: dict[str, tuple[int, ...]] = {}
 
     # ----------------------------------------------------------------- constructors
@@ -485,7 +482,10 @@ class BPETokenizer:
         self._check_id(token_id)
         if not special and self._attrs[token_id] in (TOKEN_CONTROL, TOKEN_UNKNOWN):
             return b""
-        return self._pieces[token_id]
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            piece = self._pieces[token_id] = self._piece(token_id)
+        return piece
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         """Text of ``ids``: their bytes joined, then UTF-8 decoded with replacement characters."""
@@ -565,6 +565,8 @@ def _check_types(types: Sequence[object] | None, n_vocab: int, source: str) -> t
         raise FormatError(
             f"{source}: tokenizer.ggml.token_type has {len(types)} entries, expected one per token ({n_vocab})"
         )
+    if all(type(kind) is int for kind in types) and 0 <= min(types) and max(types) <= TOKEN_BYTE:
+        return tuple(types)  # the common case, checked at once
     checked = []
     for i, kind in enumerate(types):
         if isinstance(kind, bool) or not isinstance(kind, numbers.Integral) or not 0 <= kind <= TOKEN_BYTE:
@@ -573,13 +575,18 @@ def _check_types(types: Sequence[object] | None, n_vocab: int, source: str) -> t
     return tuple(checked)
 
 
-def _check_merges(merges: Sequence[object], source: str) -> tuple[str, ...]:
+def _merge_pairs(merges: Sequence[object], source: str) -> list[tuple[str, str]]:
+    """Each merge "a b" as (a, b), split as llama.cpp does: at the first space after the first
+    character (so a symbol may itself start with a space)."""
+    pairs = []
     for i, merge in enumerate(merges):
         if not isinstance(merge, str):
             raise FormatError(f"{source}: tokenizer.ggml.merges[{i}] must be a string, got {type(merge).__name__}")
-        if merge.find(" ", 1) < 0:
+        cut = merge.find(" ", 1)
+        if cut < 0:
             raise FormatError(f"{source}: tokenizer.ggml.merges[{i}] = {merge!r} is not two symbols 'a b'")
-    return tuple(merges)  # type: ignore[arg-type]
+        pairs.append((merge[:cut], merge[cut + 1:]))
+    return pairs
 
 
 def _check_special_ids(special_ids: Mapping[str, object], n_vocab: int, source: str) -> dict[str, int]:
