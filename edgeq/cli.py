@@ -29,7 +29,10 @@ def cmd_info(args) -> int:
 
 def cmd_convert(args) -> int:
     from edgeq.converters.convert import convert
-    options = {"qtype": args.qtype, "group_size": args.group_size, "symmetric": not args.asymmetric}
+    given = {"qtype": args.qtype, "group_size": args.group_size}  # None: the importer's default
+    options = {name: value for name, value in given.items() if value is not None}
+    if args.asymmetric:
+        options["symmetric"] = False
     if args.quantize_embeddings:
         options["quantize_embeddings"] = True
     out = convert(args.src, args.output, **options)
