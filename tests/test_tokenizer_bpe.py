@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.tokenizer.bpe import TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED, BPETokenizer, pre_name_from_hf
 from edgeq.tokenizer.bytes_unicode import BYTE_TO_CHAR, bytes_to_symbols, symbols_to_bytes
+from edgeq.tokenizer import pretokenize
 from edgeq.tokenizer.pretokenize import get_pretokenizer, split_gpt2, split_llama3, split_qwen2, split_smollm
 
 GOLDEN = Path(__file__).parent / "golden" / "bpe_smollm2.json.gz"
@@ -617,3 +618,12 @@ def test_bad_tokenizer_json_files(tmp_path: Path) -> None:
         BPETokenizer.from_tokenizer_json(good, {"bos_token": "<s>"})
     with pytest.raises(UnsupportedError, match="normalizer"):
         BPETokenizer.from_tokenizer_json({**good, "normalizer": {"type": "Lowercase"}})
+
+
+def test_shipped_unicode_classes_equal_a_fresh_scan():
+    """The packaged \\p{L} / \\p{N} ranges (tests/golden/make_unicode_classes.py) are what
+    this Python's unicodedata gives; another Unicode version scans instead of using them."""
+    shipped = pretokenize._shipped_ranges()
+    if shipped is None:
+        pytest.skip(f"the package ships no table for Unicode {unicodedata.unidata_version}")
+    assert shipped == pretokenize.category_ranges()

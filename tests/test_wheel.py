@@ -64,6 +64,7 @@ def test_wheel_installs_and_runs(tmp_path):
     wheel = build_wheel(src, tmp_path / "dist")
     names = zipfile.ZipFile(wheel).namelist()
     assert "edgeq/converters/__init__.py" in names and "edgeq/qtypes/int4.py" in names
+    assert "edgeq/tokenizer/unicode_classes.json" in names  # package data travels too
     assert not any(n.startswith(("tests/", "converters/")) for n in names)
 
     venv = tmp_path / "venv"

@@ -36,11 +36,13 @@ Hugging Face tokenizers.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sys
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgeq.errors import UnsupportedError
 
@@ -50,31 +52,46 @@ WHITESPACE_CODEPOINTS: tuple[int, ...] = (
 )
 
 
-def _class_body(codepoints: list[int]) -> str:
-    """Regex character-class body (no brackets) for a sorted list of code points."""
-    parts = []
-    start = prev = codepoints[0]
-    for code in codepoints[1:] + [-1]:
-        if code == prev + 1:
-            prev = code
+#: \p{L} and \p{N} as code point ranges for one Unicode version (written by category_ranges)
+CLASS_TABLE = Path(__file__).with_name("unicode_classes.json")
+
+
+def category_ranges() -> dict[str, object]:
+    """Inclusive code point ranges of the letters (L*) and numbers (N*) of this Python's
+    unicodedata: a scan of every code point (about 0.3 s)."""
+    ranges: dict[str, list[list[int]]] = {"L": [], "N": []}
+    category = unicodedata.category
+    for code in range(sys.maxunicode + 1):
+        runs = ranges.get(category(chr(code))[0])
+        if runs is None:
             continue
-        parts.append(f"\\U{start:08x}" if start == prev else f"\\U{start:08x}-\\U{prev:08x}")
-        start = prev = code
-    return "".join(parts)
+        if runs and runs[-1][1] == code - 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    return {"unidata_version": unicodedata.unidata_version, **ranges}
+
+
+def _shipped_ranges() -> dict[str, object] | None:
+    """The packaged table, if it was made from this Python's Unicode version."""
+    try:
+        table = json.loads(CLASS_TABLE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return table if table.get("unidata_version") == unicodedata.unidata_version else None
+
+
+def _class_body(ranges) -> str:
+    """Regex character-class body (no brackets) for inclusive code point ranges."""
+    return "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
 
 
 @functools.cache
 def _classes() -> tuple[str, str, str]:
-    """Class bodies for \\p{L}, \\p{N} and \\s, built once from unicodedata (about 0.4 s)."""
-    category = unicodedata.category
-    letters, numbers = [], []
-    for code in range(sys.maxunicode + 1):
-        major = category(chr(code))[0]
-        if major == "L":
-            letters.append(code)
-        elif major == "N":
-            numbers.append(code)
-    return _class_body(letters), _class_body(numbers), _class_body(list(WHITESPACE_CODEPOINTS))
+    """Class bodies for \\p{L}, \\p{N} and \\s (from the packaged table when it matches)."""
+    table = _shipped_ranges() or category_ranges()
+    spaces = [[code, code] for code in WHITESPACE_CODEPOINTS]
+    return _class_body(table["L"]), _class_body(table["N"]), _class_body(spaces)
 
 
 def _compile(template: str) -> re.Pattern[str]:
