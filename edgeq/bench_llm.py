@@ -43,10 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,15 +54,11 @@ import numpy as np
 
 import edgeq
 from edgeq import cache
+from edgeq.bench_process import child_env, peak_rss_mib, run_child
 from edgeq.eval import default_corpus
 from edgeq.kernels import backends
 
 log = logging.getLogger(__name__)
-
-#: environment variables that set a thread count, for each library that reads one
-THREAD_VARIABLES = ("EDGEQ_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                    "NUMBA_NUM_THREADS")
-CHILD_TIMEOUT_S = 1800
 
 
 @dataclass
@@ -94,18 +87,6 @@ class LLMBench:
 
 
 # --- measuring (inside a child process) ----------------------------------------------------
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process in MiB (VmHWM, else ru_maxrss)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
 def _greedy_decode(model, prompt: list[int], n: int) -> float:
     """Prefill `prompt`, then time n greedy single-token steps; returns seconds."""
     cache = model.new_cache(len(prompt) + n + 1)
@@ -151,22 +132,6 @@ def _child(job_json: str) -> None:
 
 
 # --- orchestrating (in the parent) ---------------------------------------------------------
-def child_env(threads: int, extra: dict | None = None) -> dict:
-    env = dict(os.environ)
-    env.update({name: str(threads) for name in THREAD_VARIABLES})
-    env.update(extra or {})
-    return env
-
-
-def run_child(args: list[str], env: dict) -> dict:
-    """Run `python args...` and parse the last stdout line as JSON (RuntimeError on failure)."""
-    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
-                          timeout=CHILD_TIMEOUT_S)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child {args[:3]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def edgeq_job(job: dict, threads: int, extra_env: dict | None = None) -> dict:
     return run_child(["-m", "edgeq.bench_llm", "--child", json.dumps(job)], child_env(threads, extra_env))
 

