@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from edgeq.bench_process import child_env, peak_rss_mib, run_child
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE.parent / "golden"
@@ -150,17 +148,8 @@ def worker(engine: str, path: Path, threads: int, rounds: int) -> dict:
         result[f"sent_s_b{batch}"] = round(len(token_ids) / statistics.median(times), 1)
         result[f"cos_mean_b{batch}"] = round(float(cos.mean()), 5)
         result[f"cos_min_b{batch}"] = round(float(cos.min()), 5)
-    result["peak_rss_mb"] = round(peak_rss_kib() / 1024, 1)
+    result["peak_rss_mb"] = round(peak_rss_mib(), 1)
     return result
-
-
-def peak_rss_kib() -> int:
-    """VmHWM of this process (ru_maxrss would include the parent's peak at fork on Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def tokenizer_speed() -> dict:
@@ -204,13 +193,10 @@ def main() -> None:
     runs: dict[tuple, list[dict]] = {}
     for _ in range(args.repeat):
         for threads in args.threads:
-            env = dict(os.environ, EDGEQ_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-                       OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
             for engine in args.engines:
-                proc = subprocess.run([sys.executable, __file__, "--rounds", str(args.rounds), "--worker",
-                                       engine, str(paths[engine]), str(threads)],
-                                      env=env, capture_output=True, text=True, check=True)
-                runs.setdefault((engine, threads), []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                result = run_child([__file__, "--rounds", str(args.rounds), "--worker", engine,
+                                    str(paths[engine]), str(threads)], child_env(threads))
+                runs.setdefault((engine, threads), []).append(result)
                 print(json.dumps(runs[engine, threads][-1]), flush=True)
     results = []
     for group in runs.values():  # medians over the cycles; agreement, sizes and RSS do not drift
