@@ -3,14 +3,15 @@
     import_gguf("model.gguf", "model.eqm", qtype="keep")
 
 Steps:
- 1. scan_gguf walks the container (header, key/values, tensor infos) against the file size
-    before gguf-py's GGUFReader reads it, so a truncated or hostile file is a FormatError (and
-    never an endless loop over a lying array length); unknown tensor types and big-endian files
-    are UnsupportedError.
+ 1. GGUFFile parses the container (header, key/values, tensor infos) against the file size, so
+    a truncated or hostile file is a FormatError (and never an endless loop over a lying array
+    length); unknown tensor types and big-endian files are UnsupportedError. It reads tensor
+    data with file reads, one tensor at a time (gguf-py's GGUFReader would build numpy views of
+    every metadata string up front: about 150 MiB for a 49k-token vocabulary).
  2. llama_config maps the metadata to the config dict of edgeq.models.llama (keys documented
     there) and checks every tensor name and shape against it.
  3. Each tensor is converted and handed to a PackedWriter, then dropped, so peak memory is one
-    tensor (plus gguf-py's parsed metadata):
+    tensor (plus the metadata; measured by tests/perf/convert_memory.py):
       - Q8_0, Q4_0, Q4_1, TQ1_0, TQ2_0: exact repacking (converters.gguf_quants);
       - F32, F16, BF16: float arrays (1-D tensors always float32; BF16 widens exactly);
       - other types: dequantized by gguf.quants and quantized again (gguf_quants.fallback_qtype).
@@ -34,6 +35,7 @@ rel_rms_error is sqrt(sum (w' - w)^2 / sum w^2) against the GGUF's own (dequanti
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import mmap
@@ -43,10 +45,9 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
-from gguf import GGUFReader
 
 from edgeq.converters import gguf_quants as gq
-from edgeq.converters.chunked import quantize_in_chunks
+from edgeq.converters.chunked import chunk_rows, join_row_chunks, progress_bar, quantize_in_chunks
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.format import PackedWriter
 from edgeq.qtypes import QTensor, QuantSpec, get_layout
@@ -80,8 +81,9 @@ class ImportOptions:
 
 
 # --- 1. the container --------------------------------------------------------------------
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY, _UINT32 = 8, 9, 4
+#: GGUF value type -> struct code of a scalar (8 is a string, 9 an array)
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
 _MAX_NESTING = 4
 GGUF_VERSIONS = (2, 3)
 
@@ -112,7 +114,7 @@ class _Cursor:
         n = self.u64(what)
         start = self.take(n, what)
         try:
-            return bytes(self.buf[start:start + n]).decode("utf-8")
+            return self.buf[start:start + n].decode("utf-8")
         except UnicodeDecodeError:
             raise FormatError(f"{self.path}: {what} is not UTF-8") from None
 
@@ -123,66 +125,126 @@ class _Cursor:
         return n
 
 
-def _skip_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> None:
-    if vtype in _SCALAR_SIZES:
-        cur.take(_SCALAR_SIZES[vtype], what)
-    elif vtype == _STRING:
-        cur.string(what)
-    elif vtype == _ARRAY:
-        if depth >= _MAX_NESTING:
-            raise FormatError(f"{cur.path}: {what} nests arrays deeper than {_MAX_NESTING}")
-        etype = cur.u32(what)
-        n = cur.u64(what)
-        if etype in _SCALAR_SIZES:
-            cur.take(cur.count(n, _SCALAR_SIZES[etype], what) * _SCALAR_SIZES[etype], what)
-        elif etype in (_STRING, _ARRAY):
-            for i in range(cur.count(n, 8 if etype == _STRING else 12, what)):
-                _skip_value(cur, etype, f"{what}[{i}]", depth + 1)
-        else:
-            raise FormatError(f"{cur.path}: {what}: unknown array element type {etype}")
-    else:
+def _value(cur: _Cursor, vtype: int, what: str, depth: int = 0):
+    """One metadata value as plain Python: int, float, bool, str or a (nested) list."""
+    if vtype in _SCALARS:
+        code = "<" + _SCALARS[vtype]
+        return struct.unpack_from(code, cur.buf, cur.take(struct.calcsize(code), what))[0]
+    if vtype == _STRING:
+        return cur.string(what)
+    if vtype != _ARRAY:
         raise FormatError(f"{cur.path}: {what}: unknown value type {vtype}")
+    if depth >= _MAX_NESTING:
+        raise FormatError(f"{cur.path}: {what} nests arrays deeper than {_MAX_NESTING}")
+    etype = cur.u32(what)
+    n = cur.u64(what)
+    if etype in _SCALARS:
+        code = f"<{n}{_SCALARS[etype]}"
+        size = cur.count(n, struct.calcsize(code[-1]), what) * struct.calcsize(code[-1])
+        return list(struct.unpack_from(code, cur.buf, cur.take(size, what)))
+    if etype in (_STRING, _ARRAY):
+        return [_value(cur, etype, f"{what}[{i}]", depth + 1)
+                for i in range(cur.count(n, 8 if etype == _STRING else 12, what))]
+    raise FormatError(f"{cur.path}: {what}: unknown array element type {etype}")
 
 
-def scan_gguf(path: Path) -> None:
-    """Validate the GGUF container: every length within the file, known types, tensor data in
-    bounds. Raises FormatError or UnsupportedError; returns None when gguf-py may read it."""
-    size = path.stat().st_size
-    if size < 24:
-        raise FormatError(f"{path}: {size} bytes is too short for a GGUF header (24 bytes)")
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        cur = _Cursor(buf, path)
-        if bytes(buf[:4]) != b"GGUF":
-            raise FormatError(f"{path}: bad magic: expected b'GGUF', found {bytes(buf[:4])!r}")
+@dataclass(frozen=True)
+class GGUFTensor:
+    """A tensor's entry: numpy shape (outermost first, the reverse of GGUF's ne order), GGML
+    type, absolute file offset of its data and its size in bytes."""
+
+    name: str
+    ggml_type: T
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+class GGUFFile:
+    """A GGUF file's metadata and tensor entries, parsed and checked against the file size; tensor
+    data is read on demand with plain file reads, one tensor (or row range) at a time, so nothing
+    of the file stays mapped or resident after it is converted.
+
+    Layout (GGUF v2/v3, little-endian): magic b"GGUF", u32 version, u64 tensor count, u64
+    key/value count; key/values (string key, u32 value type, value); tensor infos (string name,
+    u32 n_dims, u64 ne[n_dims], u32 type, u64 offset); data from the header end rounded up to
+    general.alignment (default 32), each tensor at its offset from there.
+
+    Truncated or hostile files raise FormatError (every length is checked against the bytes
+    left, so a lying array length fails at once); unknown tensor types and big-endian files raise
+    UnsupportedError.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        if size < 24:
+            raise FormatError(f"{self.path}: {size} bytes is too short for a GGUF header (24 bytes)")
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            self.version, self.metadata, infos, data_start = self._parse(_Cursor(buf, self.path))
+        self.tensors: dict[str, GGUFTensor] = {}
+        for name, shape, ggml_type, offset, nbytes in infos:
+            if data_start + offset + nbytes > size:
+                raise FormatError(f"{self.path}: tensor {name!r} data ends at byte "
+                                  f"{data_start + offset + nbytes}, past the end of the file "
+                                  f"({size} bytes): truncated?")
+            self.tensors[name] = GGUFTensor(name, ggml_type, shape, data_start + offset, nbytes)
+        self._file = open(self.path, "rb", buffering=0)
+
+    def _parse(self, cur: _Cursor):
+        magic = cur.buf[:4]
+        if magic != b"GGUF":
+            raise FormatError(f"{self.path}: bad magic: expected b'GGUF', found {magic!r}")
         cur.take(4, "magic")
         version = cur.u32("version")
         if version & 0xFFFF == 0 and version:
-            raise UnsupportedError(f"{path}: big-endian GGUF files are not supported")
+            raise UnsupportedError(f"{self.path}: big-endian GGUF files are not supported")
         if version not in GGUF_VERSIONS:
-            raise UnsupportedError(f"{path}: GGUF version {version}; edgeq reads {GGUF_VERSIONS}")
+            raise UnsupportedError(f"{self.path}: GGUF version {version}; edgeq reads {GGUF_VERSIONS}")
         n_tensors = cur.u64("tensor count")
         n_kv = cur.u64("key/value count")
-        alignment = 32
+        metadata = {}
         for _ in range(cur.count(n_kv, 13, "key/value count")):
             key = cur.string("a metadata key")
-            vtype = cur.u32(f"type of {key!r}")
-            if key == "general.alignment" and vtype == _UINT32:
-                alignment = struct.unpack_from("<I", buf, cur.pos)[0]
-            _skip_value(cur, vtype, f"value of {key!r}")
-        if alignment == 0 or alignment & (alignment - 1):
-            raise FormatError(f"{path}: general.alignment must be a power of two, found {alignment}")
+            metadata[key] = _value(cur, cur.u32(f"type of {key!r}"), f"value of {key!r}")
+        alignment = metadata.get("general.alignment", 32)
+        if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
+            raise FormatError(f"{self.path}: general.alignment must be a power of two, found {alignment!r}")
         infos, names = [], set()
         for _ in range(cur.count(n_tensors, 28, "tensor count")):
             infos.append(_tensor_info(cur, names))
-        data_start = -(-cur.pos // alignment) * alignment
-        for name, offset, nbytes in infos:
-            if data_start + offset + nbytes > size:
-                raise FormatError(f"{path}: tensor {name!r} data ends at byte "
-                                  f"{data_start + offset + nbytes}, past the end of the file "
-                                  f"({size} bytes): truncated?")
+        return version, metadata, infos, -(-cur.pos // alignment) * alignment
+
+    def read(self, t: GGUFTensor, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """A tensor, or rows start:stop of its outermost dimension, read from the file into a new
+        array: F32 and F16 as float arrays of the tensor's shape, every other type as uint8 of
+        shape (..., bytes of a row of blocks), as gguf.quants expects."""
+        dtype = {T.F32: np.float32, T.F16: np.float16}.get(t.ggml_type, np.uint8)
+        shape = t.shape if dtype is not np.uint8 else (*t.shape[:-1], t.nbytes // math.prod(t.shape[:-1]))
+        stop = shape[0] if stop is None else stop
+        row_bytes = t.nbytes // shape[0]
+        out = np.empty((stop - start, *shape[1:]), dtype=dtype)
+        view, got = memoryview(out.reshape(-1).view(np.uint8)), 0
+        self._file.seek(t.offset + start * row_bytes)
+        while got < len(view):
+            n = self._file.readinto(view[got:])
+            if not n:
+                raise FormatError(f"{self.path}: tensor {t.name!r}: the file ended while reading it "
+                                  f"(changed since it was opened?)")
+            got += n
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
 
-def _tensor_info(cur: _Cursor, names: set) -> tuple[str, int, int]:
+def _tensor_info(cur: _Cursor, names: set) -> tuple[str, tuple[int, ...], T, int, int]:
     name = cur.string("a tensor name")
     if name in names:
         raise FormatError(f"{cur.path}: tensor {name!r} appears twice")
@@ -201,31 +263,7 @@ def _tensor_info(cur: _Cursor, names: set) -> tuple[str, int, int]:
     if min(dims) == 0 or dims[0] % block:
         raise FormatError(f"{cur.path}: tensor {name!r}: dimensions {dims} do not fit "
                           f"{ggml_type.name} blocks of {block}")
-    return name, offset, math.prod(dims) // block * type_size
-
-
-def read_gguf(path) -> GGUFReader:
-    """Scan, then open with gguf-py's memory-mapped reader."""
-    path = Path(path)
-    scan_gguf(path)
-    try:
-        return GGUFReader(path)
-    except (ValueError, KeyError) as e:  # what gguf-py raises for inconsistencies the scan allows
-        raise FormatError(f"{path}: {e}") from None
-
-
-def read_metadata(reader: GGUFReader) -> dict:
-    """Every key/value as plain Python values (the GGUF.* pseudo-keys left out)."""
-    return {name: _plain(field.contents()) for name, field in reader.fields.items()
-            if not name.startswith("GGUF.")}
-
-
-def _plain(v):
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+    return name, tuple(reversed(dims)), ggml_type, offset, math.prod(dims) // block * type_size
 
 
 # --- 2. config ---------------------------------------------------------------------------
@@ -340,6 +378,10 @@ def tensor_shapes(config: dict) -> dict[str, tuple]:
 
 
 def _check_tensors(config: dict, shapes: dict[str, tuple], path: Path) -> None:
+    per_layer = len(tensor_shapes({**config, "n_layers": 1})) - len(tensor_shapes({**config, "n_layers": 0}))
+    if config["n_layers"] * per_layer > len(shapes):  # before listing the names of a lying block count
+        raise FormatError(f"{path}: tensors missing: {config['n_layers']} layers need "
+                          f"{config['n_layers'] * per_layer} tensors or more, the file has {len(shapes)}")
     expected = tensor_shapes(config)
     missing = [n for n in expected if n not in shapes]
     if missing:
@@ -380,77 +422,90 @@ def target_spec(options: ImportOptions, name: str, shape: tuple[int, int]) -> Qu
     return spec
 
 
-def requantize(name: str, raw: np.ndarray, ggml_type: T, shape: tuple[int, int],
+def requantize(name: str, read_rows, ggml_type: T, shape: tuple[int, int],
                spec: QuantSpec) -> tuple[QTensor, dict]:
-    """Dequantize (gguf.quants) and quantize to `spec`, in row chunks; returns the error too."""
+    """Dequantize (gguf.quants) and quantize to `spec`, reading and decoding a chunk of rows at
+    a time (read_rows(start, stop) -> raw rows); returns the error too."""
     k = shape[1]
     return quantize_in_chunks(name, shape, spec,
-                              lambda start, stop: gq.dequantize(raw[start:stop], ggml_type, name).reshape(-1, k))
+                              lambda start, stop: gq.dequantize(read_rows(start, stop), ggml_type, name).reshape(-1, k))
 
 
-def convert_tensor(name: str, raw: np.ndarray, ggml_type: T, shape: tuple[int, ...],
+def import_exact(name: str, read_rows, ggml_type: T, shape: tuple[int, int]) -> QTensor:
+    """Exact repacking (converters.gguf_quants), a chunk of rows at a time."""
+    return join_row_chunks(name, shape, chunk_rows(shape),
+                           lambda start, stop: gq.import_exact(read_rows(start, stop), ggml_type,
+                                                               stop - start, shape[1]))
+
+
+def convert_tensor(name: str, read_rows, ggml_type: T, shape: tuple[int, ...],
                    options: ImportOptions):
-    """One GGUF tensor -> (QTensor or float array, its report entry)."""
+    """One GGUF tensor -> (QTensor or float array, its report entry).
+
+    read_rows(start=0, stop=None) gives the raw tensor or a range of its rows (GGUFFile.read):
+    matrices are read a chunk of rows at a time."""
     record = {"source_type": ggml_type.name, "exact": True}
     if len(shape) == 1:
-        return gq.dequantize(raw, ggml_type, name).reshape(shape), record
+        return gq.dequantize(read_rows(), ggml_type, name).reshape(shape), record
     if len(shape) != 2:
         raise UnsupportedError(f"tensor {name!r}: {len(shape)}-D tensors are not supported")
-    rows, k = shape
+    k = shape[1]
     spec = target_spec(options, name, shape)
     if spec is None:
         if ggml_type in gq.EXACT:
-            return gq.import_exact(raw, ggml_type, rows, k), record
+            return import_exact(name, read_rows, ggml_type, shape), record
         if ggml_type in (T.F32, T.F16):
-            return raw, record
+            return read_rows(), record
         if ggml_type == T.BF16:
-            return gq.dequantize(raw, ggml_type, name), record
+            return gq.dequantize(read_rows(), ggml_type, name), record
         fb = gq.fallback_qtype(ggml_type)
         spec = get_layout(fb["qtype"]).make_spec(k, fb["group_size"], fb["symmetric"], None, "")
     elif gq.EXACT_SPECS.get(ggml_type) == spec:
-        return gq.import_exact(raw, ggml_type, rows, k), record
-    qt, error = requantize(name, raw, ggml_type, shape, spec)
+        return import_exact(name, read_rows, ggml_type, shape), record
+    qt, error = requantize(name, read_rows, ggml_type, shape, spec)
     return qt, {**record, "exact": False, **error}
 
 
-def _check_types(reader: GGUFReader, path: Path) -> None:
+def _check_types(gguf: GGUFFile) -> None:
     """Fail before writing anything if a tensor type can be neither copied nor decoded."""
-    for t in reader.tensors:
-        ggml_type = T(t.tensor_type)
-        if ggml_type not in gq.EXACT and not gq.can_dequantize(ggml_type):
-            raise UnsupportedError(f"{path}: tensor {t.name!r} has GGML type {ggml_type.name}, "
+    for t in gguf.tensors.values():
+        if t.ggml_type not in gq.EXACT and not gq.can_dequantize(t.ggml_type):
+            raise UnsupportedError(f"{gguf.path}: tensor {t.name!r} has GGML type {t.ggml_type.name}, "
                                    f"which edgeq cannot import")
 
 
 # --- 4. the import -----------------------------------------------------------------------
 def import_gguf(src, dst, *, qtype: str = "keep", group_size: int | None = None,
-                symmetric: bool = True, quantize_embeddings: bool = False) -> Path:
-    """Convert the GGUF file `src` into the .eqm `dst` (written atomically); returns dst."""
+                symmetric: bool = True, quantize_embeddings: bool = False,
+                progress: bool | None = None) -> Path:
+    """Convert the GGUF file `src` into the .eqm `dst` (written atomically); returns dst.
+    progress: a tqdm bar on stderr (None: only when stderr is a terminal)."""
     options = ImportOptions(qtype, group_size, symmetric, quantize_embeddings)
     src, dst = Path(src), Path(dst)
-    reader = read_gguf(src)
-    meta = read_metadata(reader)
-    shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
-    config = llama_config(meta, shapes, src)
-    _check_types(reader, src)
-    tokenizer = BPETokenizer.from_gguf_fields(meta, source=str(src)).to_header()
-    tensors, requantized = {}, []  # filled while writing; the header is written at close
-    metadata = {"source": {"format": "gguf", "file": src.name,
-                           "version": int(reader.fields["GGUF.version"].contents()),
-                           "general": {k: v for k, v in meta.items() if k.startswith("general.")}},
-                "import": {**asdict(options), "tensors": tensors, "requantized": requantized}}
-    with PackedWriter(dst, config=config, tokenizer=tokenizer, metadata=metadata) as writer:
-        for t in reader.tensors:
-            ggml_type = T(t.tensor_type)
-            stored, record = convert_tensor(t.name, t.data, ggml_type, shapes[t.name], options)
-            writer.add(t.name, stored)
-            record["stored"] = describe(stored)
-            tensors[t.name] = record
-            if not record["exact"]:
-                requantized.append(t.name)
-                log.info("%s: %s -> %s, max abs error %.3g, relative RMS error %.3g", t.name,
-                         ggml_type.name, record["stored"], record["max_abs_error"], record["rel_rms_error"])
+    with GGUFFile(src) as gguf:
+        meta = gguf.metadata
+        shapes = {name: t.shape for name, t in gguf.tensors.items()}
+        config = llama_config(meta, shapes, src)
+        _check_types(gguf)
+        tokenizer = BPETokenizer.from_gguf_fields(meta, source=str(src)).to_header()
+        tensors, requantized = {}, []  # filled while writing; the header is written at close
+        metadata = {"source": {"format": "gguf", "file": src.name, "version": gguf.version,
+                               "general": {k: v for k, v in meta.items() if k.startswith("general.")}},
+                    "import": {**asdict(options), "tensors": tensors, "requantized": requantized}}
+        with progress_bar(len(shapes), progress, f"converting {src.name}") as bar, \
+                PackedWriter(dst, config=config, tokenizer=tokenizer, metadata=metadata) as writer:
+            for t in gguf.tensors.values():
+                stored, record = convert_tensor(t.name, functools.partial(gguf.read, t), t.ggml_type,
+                                                t.shape, options)
+                writer.add(t.name, stored)  # written to disk now; nothing of it is kept
+                record["stored"] = describe(stored)
+                del stored
+                tensors[t.name] = record
+                if not record["exact"]:
+                    requantized.append(t.name)
+                    log.info("%s: %s -> %s, max abs error %.3g, relative RMS error %.3g", t.name,
+                             t.ggml_type.name, record["stored"], record["max_abs_error"], record["rel_rms_error"])
+                bar.update()
     log.info("imported %s -> %s: %d tensors, %d re-quantized", src, dst, len(shapes),
              len(requantized))
     return dst
-

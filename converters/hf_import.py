@@ -25,7 +25,8 @@ becomes RoPE on adjacent pairs (k uses the key/value head count). Qwen2 keeps HF
 
 Steps: read the config (converters.hf_config), map every tensor and check names and shapes
 before anything is written, then stream tensor by tensor through a PackedWriter (peak memory
-about one tensor, quantized in row chunks). Matrices of the linear layers are quantized by
+about one tensor, quantized in row chunks; each source tensor's mapped pages are released once
+it is written, so the resident set never holds the whole checkpoint). Matrices of the linear layers are quantized by
 round-to-nearest to `qtype` (None keeps them float32); norms, biases and embeddings stay
 float32 unless quantize_embeddings (same spec) or embedding_dtype="float16" is asked. F16 and
 BF16 sources are widened to float32 exactly.
@@ -43,14 +44,13 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from edgeq.converters.chunked import quantize_in_chunks
+from edgeq.converters.chunked import progress_bar, quantize_in_chunks
 from edgeq.converters.gguf_import import describe
 from edgeq.converters.hf_config import BertConfig, LlamaConfig, read_hf_config
 from edgeq.converters.safetensors import open_checkpoint
@@ -336,27 +336,6 @@ def convert_item(item: Item, ckpt, options: HFImportOptions):
     return out, record
 
 
-def _progress(total: int, enabled: bool | None, desc: str):
-    """A tqdm bar on a terminal (or when asked), else a no-op with the same update()."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if enabled:
-        try:
-            from tqdm import tqdm  # installed with gguf; the bar is optional
-            return tqdm(total=total, desc=desc, unit="tensor", leave=False)
-        except ImportError:
-            pass
-    return _NoBar()
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 # --- the import ------------------------------------------------------------------------------
 def convert_hf(folder, dst, *, qtype: str | None = None, group_size: int | None = None,
                granularity: str | None = None, symmetric: bool = True, packing: str = "",
@@ -390,19 +369,19 @@ def convert_hf(folder, dst, *, qtype: str | None = None, group_size: int | None 
         metadata = {"source": {"format": "hf", "folder": folder.resolve().name,
                                "architecture": cfg.architecture, "model_type": cfg.model_type},
                     "import": {**asdict(options), "tensors": tensors, "requantized": requantized}}
-        bar = _progress(len(items), progress, f"converting {folder.name}")
-        try:
-            with PackedWriter(dst, config=config, tokenizer=tokenizer, metadata=metadata) as writer:
-                for item in items:
-                    stored, record = convert_item(item, ckpt, options)
-                    writer.add(item.name, stored)
-                    record["stored"] = describe(stored)
-                    tensors[item.name] = record
-                    if not record["exact"]:
-                        requantized.append(item.name)
-                    bar.update()
-        finally:
-            bar.close()
+        with progress_bar(len(items), progress, f"converting {folder.name}") as bar, \
+                PackedWriter(dst, config=config, tokenizer=tokenizer, metadata=metadata) as writer:
+            for item in items:
+                stored, record = convert_item(item, ckpt, options)
+                writer.add(item.name, stored)  # written to disk now; nothing of it is kept
+                record["stored"] = describe(stored)
+                del stored
+                for source in item.sources:  # its mapped pages leave the resident set
+                    ckpt.release(source)
+                tensors[item.name] = record
+                if not record["exact"]:
+                    requantized.append(item.name)
+                bar.update()
     worst = max((tensors[n].get("rel_rms_error", 0.0) for n in requantized), default=0.0)
     log.info("imported %s (%s) -> %s: %d tensors, %d quantized, worst relative RMS error %.3g",
              folder, cfg.architecture, dst, len(items), len(requantized), worst)

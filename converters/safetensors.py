@@ -252,6 +252,19 @@ class SafetensorsFile(Mapping):
         """A new array holding one tensor converted to ``dtype`` (BF16 widened exactly first)."""
         return self.tensor(name).astype(dtype, copy=True)
 
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of a tensor's bytes from this process's resident set (they stay
+        in the page cache and are read again if touched). Converters call it after each tensor so
+        that resident memory tracks one tensor, not the file."""
+        entry = self._entry(name)
+        if self._closed or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        nbytes = entry.count * DTYPES[entry.info.dtype].itemsize
+        # whole pages only: a neighbour's pages dropped too are simply read again when touched
+        start = entry.begin - entry.begin % mmap.PAGESIZE
+        if nbytes:
+            self._map.madvise(mmap.MADV_DONTNEED, start, entry.begin + nbytes - start)
+
     def _entry(self, name: str) -> _Entry:
         try:
             return self._entries[name]
@@ -318,6 +331,10 @@ class Checkpoint(Mapping):
 
     def read(self, name: str, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
         return self.file_of(name).read(name, dtype)
+
+    def release(self, name: str) -> None:
+        """See SafetensorsFile.release."""
+        self.file_of(name).release(name)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.tensor(name)

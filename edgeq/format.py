@@ -84,7 +84,8 @@ class PackedWriter:
         pad = _align(self._size) - self._size
         self._spill.write(b"\0" * pad)
         offset = self._size + pad
-        self._spill.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)  # a view on little-endian hosts
+        self._spill.write(memoryview(little.reshape(-1).view(np.uint8)))  # no bytes copy of the blob
         self._size = offset + array.nbytes
         return {"dtype": array.dtype.name, "shape": shape, "offset": offset,
                 "nbytes": int(array.nbytes)}

