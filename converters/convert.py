@@ -6,7 +6,8 @@ imported on first use and called as importer(src, dst, **options) -> Path. To ad
 
 Options understood by the GGUF importer (converters.gguf_import.import_gguf):
     qtype "keep" | "int8" | "int4" | "ternary" | "binary" | "pow2", group_size, symmetric,
-    quantize_embeddings.
+    quantize_embeddings, progress (a bar on stderr; None: only when stderr is a terminal).
+The HF importer (converters.hf_import.convert_hf) takes the same and its own extras.
 """
 
 from __future__ import annotations
