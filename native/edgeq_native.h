@@ -113,6 +113,10 @@ typedef void (*eq_dot_fn)(const uint8_t *u, const int8_t *x, int64_t k, int64_t 
 typedef void (*eq_quant_fn)(const float *x, int64_t n, int8_t *q, float *scale);
 typedef void (*eq_halves_fn)(const uint16_t *h, int64_t n, float *out);
 typedef uint64_t (*eq_popxor_fn)(const uint8_t *a, const uint8_t *b, int64_t nbytes);
+/* pop[4 * a + b] = popcount(w row a XOR x row b) over nbytes, for 4 weight rows (w + a *
+ * wstride) and 4 activation rows (x + b * xstride): a register tile for the XNOR GEMM. */
+typedef void (*eq_popxor_tile_fn)(const uint8_t *w, int64_t wstride, const uint8_t *x,
+                                  int64_t xstride, int64_t nbytes, uint64_t pop[16]);
 
 /* ---- the fused matmul path (k and the sub-block a multiple of EQ_SLOT) ------------------
  * Phase 1, per ISA: integer sums per slot of EQ_SLOT codes, raw[s] = sum v[j] * x[j] over
@@ -179,6 +183,35 @@ typedef void (*eq_combine_fn)(const eq_rowscale *rs, int nr, const int32_t *raw,
                               const int32_t *xsum, const float *xs, float *y);
 #define EQ_PARTIALS 8
 
+/* ---- the packed-panel GEMM (m >= EQ_PANEL_MIN_M, where the variant has it) -----------------
+ * EQ_PANEL weight rows of bytes v (as the plan says: codes, flipped codes or a decoded row)
+ * are interleaved in groups of four codes: panel byte (q * EQ_PANEL + j) * 4 + b is code
+ * 4q + b of row j. One vector load then holds four codes of every row of the panel, and a
+ * byte dot product against four activations broadcast to every lane sums them per row, with
+ * no horizontal reduction; a sub-block's sum is complete when its k/4 steps are done.
+ * The weight side of the float sum is expanded per sub-block s and row j, [s][EQ_PANEL]:
+ * ws, wm (float) and off (int32), so the kernel's combine is the scalar rule lane by lane. */
+#define EQ_PANEL 16
+#define EQ_PANEL_TILE 8        /* activation rows per pass over a panel */
+#define EQ_PANEL_MIN_M 8       /* below this, packing costs more than it saves */
+typedef struct {
+    const uint8_t *w;          /* (k / 4, EQ_PANEL, 4) bytes v */
+    int64_t k, sub, nsub;
+    int32_t mult;
+    int32_t off_c;             /* the offset of every row and sub-block when off is NULL */
+    const int32_t *off;        /* (nsub, EQ_PANEL) or NULL */
+    const float *ws;           /* (nsub, EQ_PANEL) */
+    const float *wm;           /* (nsub, EQ_PANEL), NULL without mins */
+} eq_panel;
+/* y[i * ystride + j] for activation rows i < m and panel rows j < nr; raw is scratch of
+ * EQ_PANEL_TILE * nsub * EQ_PANEL int32. */
+typedef void (*eq_panel_fn)(const eq_panel *p, const int8_t *x, int64_t m, const int32_t *xsum,
+                            const float *xs, float *y, int64_t ystride, int nr, int32_t *raw);
+/* The panel bytes of rows[0..EQ_PANEL) (k bytes each, XOR flip per 4 bytes); a NULL row
+ * gives zeros. */
+typedef void (*eq_panel_pack_fn)(const uint8_t *const *rows, int64_t k, uint32_t flip,
+                                 uint8_t *out);
+
 typedef struct {
     const char *name;
     eq_decode_fn decode[EQ_NKINDS];
@@ -186,9 +219,12 @@ typedef struct {
     eq_quant_fn quantize_block;  /* one activation block: scale = absmax/127, q = rint(x/s) */
     eq_halves_fn halves_to_float;
     eq_popxor_fn popcount_xor;
+    eq_popxor_tile_fn popcount_xor_tile;  /* NULL: pair by pair with popcount_xor */
     eq_plan_fn plan;             /* NULL: every matmul takes the generic decode + dot path */
     eq_slots_fn slots;
     eq_combine_fn combine;
+    eq_panel_fn panel;           /* NULL: m > 1 takes the slots path */
+    eq_panel_pack_fn panel_pack; /* given with panel */
 } eq_simd_table;
 
 /* Each variant's table (defined only where its file is compiled). */

@@ -5,6 +5,9 @@
  *            the layout: per weight row, the slot sums come from a gemv kernel that unpacks
  *            the packed row in registers (m = 1), or from the slots kernel over the codes or
  *            the row decoded once into scratch, EQ_MAX_TILE activation rows per pass (m > 1);
+ *   panel    the fused case with m >= EQ_PANEL_MIN_M where the variant has a panel kernel
+ *            (AVX-512 VNNI): 16 weight rows packed once into a panel interleaved by four
+ *            codes, then every activation row against it (see eq_panel);
  *   generic  otherwise: decode the row into scratch, dot per sub-block.
  * block_sums (integer sums only) always takes the generic decode + dot route.
  * Rows are split over the persistent thread pool in chunks; results never depend on the split.
@@ -197,6 +200,7 @@ typedef struct {
     const eq_simd_table *t;
     eq_plan plan;
     int fused;
+    int panel;             /* fused, m >= EQ_PANEL_MIN_M and the variant has a panel kernel */
     const int8_t *xq;      /* (m, k) */
     const int8_t *xp;      /* m == 1 with plan.prep: the prepared activation row */
     int64_t m, sub, nsub;
@@ -280,6 +284,79 @@ static void fold_slots(int32_t *raw, int64_t nsub, int64_t per)
     }
 }
 
+/* ---- the packed-panel path ---------------------------------------------------------------- */
+
+/* Column j of the panel's weight side (see eq_panel) from row r, or zeros when r < 0: each
+ * group's scale, min and offset converted once and repeated over its sub-blocks. */
+static void panel_side(const eq_qmatrix *w, int64_t r, int j, int64_t sub, int32_t adjust,
+                       float *ws, float *wm, int32_t *off)
+{
+    int64_t g = ngroups(w), per = w->scale_block / sub;
+    int64_t base = (w->scale_rows == 1 ? 0 : r) * g;
+    for (int64_t gi = 0; gi < g; gi++) {
+        float vs = 0.0f, vm = 0.0f;
+        int32_t vo = 0;
+        if (r >= 0) {
+            vs = w->scale_f16 ? eq_half_to_float(((const uint16_t *)w->scales)[base + gi])
+                              : ((const float *)w->scales)[base + gi];
+            if (w->mins)
+                vm = eq_half_to_float(w->mins[base + gi]);
+            if (w->zeros)
+                vo = (int32_t)w->zeros[base + gi] - adjust;
+        }
+        for (int64_t s = gi * per; s < (gi + 1) * per; s++) {
+            ws[s * EQ_PANEL + j] = vs;
+            if (w->mins)
+                wm[s * EQ_PANEL + j] = vm;
+            if (w->zeros)
+                off[s * EQ_PANEL + j] = vo;
+        }
+    }
+}
+
+/* Rows [begin, end) EQ_PANEL at a time: pack the panel (and its weight side) once, then the
+ * variant's panel kernel runs every activation row against it. */
+static void panel_rows(matmul_job *job, int64_t begin, int64_t end)
+{
+    const eq_qmatrix *w = job->w;
+    const eq_simd_table *t = job->t;
+    const eq_plan *plan = &job->plan;
+    int64_t k = w->k, nsub = job->nsub;
+    size_t u_bytes = plan->decoded ? (size_t)EQ_PANEL * (((size_t)k + 64 + 63) & ~(size_t)63) : 0;
+    size_t panel_bytes = (size_t)k * EQ_PANEL;
+    size_t side = (size_t)nsub * EQ_PANEL;
+    size_t raw_n = (size_t)EQ_PANEL_TILE * side;
+    uint8_t *u = scratch_get(SCRATCH_ROW, u_bytes + panel_bytes + 3 * side * 4 + raw_n * 4);
+    if (!u) {
+        job->status = EQ_ENOMEM;
+        return;
+    }
+    uint8_t *packed = u + u_bytes;
+    float *ws = (float *)(packed + panel_bytes), *wm = ws + side;
+    int32_t *off = (int32_t *)(wm + side), *raw = off + side;
+    const uint32_t flip = plan->flip ? 0x80808080u : 0;
+    eq_panel p = {.w = packed, .k = k, .sub = job->sub, .nsub = nsub, .mult = kind_mult(w->kind),
+                  .off_c = kind_offset(w->kind) - plan->adjust, .off = w->zeros ? off : NULL,
+                  .ws = ws, .wm = w->mins ? wm : NULL};
+    for (int64_t r0 = begin; r0 < end; r0 += EQ_PANEL) {
+        int nr = (int)(end - r0 < EQ_PANEL ? end - r0 : EQ_PANEL);
+        const uint8_t *rows[EQ_PANEL] = {NULL};
+        for (int j = 0; j < nr; j++) {
+            rows[j] = w->codes + (r0 + j) * w->row_bytes;
+            if (plan->decoded) {
+                uint8_t *dst = u + j * (u_bytes / EQ_PANEL);
+                t->decode[w->kind](rows[j], k, w->pack_group, dst);
+                rows[j] = dst;
+            }
+        }
+        t->panel_pack(rows, k, flip, packed);
+        /* missing rows get zeros; their outputs are not stored */
+        for (int j = 0; j < EQ_PANEL; j++)
+            panel_side(w, j < nr ? r0 + j : -1, j, job->sub, plan->adjust, ws, wm, off);
+        t->panel(&p, job->xq, job->m, job->xsum, job->xs, job->y + r0, w->rows, nr, raw);
+    }
+}
+
 /* Rows are taken EQ_PARTIALS at a time: the combine sums eight rows' partials together. */
 #define ROW_BLOCK EQ_PARTIALS
 
@@ -291,6 +368,10 @@ static void matmul_rows(void *arg, int64_t begin, int64_t end)
     const eq_plan *plan = &job->plan;
     int64_t k = w->k, m = job->m, nsub = job->nsub, n = w->rows;
     int fused = job->fused, gemv = fused && m == 1 && plan->gemv;
+    if (job->panel) {
+        panel_rows(job, begin, end);
+        return;
+    }
     int decode = !fused || (plan->decoded && !gemv);
     int64_t rstride = (fused ? k / EQ_SLOT : nsub) + EQ_RAW_PAD;
     int64_t tile = gemv || !fused ? 1 : EQ_MAX_TILE;  /* activation rows per raw block */
@@ -363,6 +444,7 @@ static int run_matmul(const eq_qmatrix *w, const int8_t *xq, const float *xs, in
     matmul_job job = {.w = w, .t = eq_simd(), .xq = xq, .m = m, .sub = sub, .nsub = nsub,
                       .y = y, .status = EQ_OK};
     job.fused = sub % EQ_SLOT == 0 && job.t->plan && job.t->plan(w, m, &job.plan);
+    job.panel = job.fused && m >= EQ_PANEL_MIN_M && job.t->panel;
     int need_xp = job.fused && m == 1 && job.plan.gemv && job.plan.prep;
     int need_xs = act_block != sub;
     /* per call: sums of q and scales per sub-block, the prepared activations */
@@ -392,7 +474,10 @@ static int run_matmul(const eq_qmatrix *w, const int8_t *xq, const float *xs, in
         job.xp = xq;
     }
     int32_t nthreads = thread_count(threads, w->rows, w->rows * k * m);
-    eq_parallel_for(matmul_rows, &job, w->rows, chunk_rows(w->rows, k * m, nthreads), nthreads);
+    int64_t chunk = chunk_rows(w->rows, k * m, nthreads);
+    if (job.panel)  /* whole panels per chunk */
+        chunk = (chunk + EQ_PANEL - 1) / EQ_PANEL * EQ_PANEL;
+    eq_parallel_for(matmul_rows, &job, w->rows, chunk, nthreads);
     return job.status;
 }
 
@@ -448,17 +533,42 @@ typedef struct {
     const uint8_t *w, *x;
     int64_t n, m, kb, k;
     int32_t *out;
-    eq_popxor_fn popxor;
+    const eq_simd_table *t;
 } xnor_job;
+
+static void xnor_store(const xnor_job *job, int64_t r, int64_t i, uint64_t pop)
+{
+    job->out[i * job->n + r] = (int32_t)(uint32_t)((uint64_t)job->k - 2 * pop);
+}
 
 static void xnor_rows(void *arg, int64_t begin, int64_t end)
 {
     xnor_job *job = arg;
-    for (int64_t r = begin; r < end; r++)
-        for (int64_t i = 0; i < job->m; i++) {
-            uint64_t pop = job->popxor(job->w + r * job->kb, job->x + i * job->kb, job->kb);
-            job->out[i * job->n + r] = (int32_t)(uint32_t)((uint64_t)job->k - 2 * pop);
-        }
+    const eq_simd_table *t = job->t;
+    const int64_t kb = job->kb, m = job->m;
+    int64_t r0 = begin;
+    if (t->popcount_xor_tile) {
+        /* 4 x 4 register tiles; the last activation rows (m % 4) pair by pair */
+        for (; r0 + 4 <= end; r0 += 4)
+            for (int64_t i0 = 0; i0 < m; i0 += 4) {
+                uint64_t pop[16];
+                int64_t ni = m - i0 < 4 ? m - i0 : 4;
+                const uint8_t *x = job->x + i0 * kb;
+                if (ni == 4) {
+                    t->popcount_xor_tile(job->w + r0 * kb, kb, x, kb, kb, pop);
+                } else {
+                    for (int64_t i = 0; i < ni; i++)
+                        for (int a = 0; a < 4; a++)
+                            pop[4 * a + i] = t->popcount_xor(job->w + (r0 + a) * kb, x + i * kb, kb);
+                }
+                for (int a = 0; a < 4; a++)
+                    for (int64_t i = 0; i < ni; i++)
+                        xnor_store(job, r0 + a, i0 + i, pop[4 * a + i]);
+            }
+    }
+    for (int64_t r = r0; r < end; r++)
+        for (int64_t i = 0; i < m; i++)
+            xnor_store(job, r, i, t->popcount_xor(job->w + r * kb, job->x + i * kb, kb));
 }
 
 int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m, int64_t kb,
@@ -466,10 +576,10 @@ int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m
 {
     if (!w || !x || !out || n <= 0 || m <= 0 || kb <= 0 || k < 0)
         return EQ_EINVAL;
-    xnor_job job = {.w = w, .x = x, .n = n, .m = m, .kb = kb, .k = k, .out = out,
-                    .popxor = eq_simd()->popcount_xor};
+    xnor_job job = {.w = w, .x = x, .n = n, .m = m, .kb = kb, .k = k, .out = out, .t = eq_simd()};
     int32_t nthreads = thread_count(threads, n, n * m * kb);
-    eq_parallel_for(xnor_rows, &job, n, chunk_rows(n, m * kb, nthreads), nthreads);
+    int64_t chunk = (chunk_rows(n, m * kb, nthreads) + 3) / 4 * 4;  /* whole tiles */
+    eq_parallel_for(xnor_rows, &job, n, chunk, nthreads);
     return EQ_OK;
 }
 

@@ -4,7 +4,8 @@
  * The dot product is VPDPBUSD (unsigned byte times signed byte, four products summed into
  * each int32 lane, no saturation), so it is exact for every decoded byte 0..255 and needs no
  * widening path. XNOR popcounts use VPOPCNTQ when the CPU has AVX512_VPOPCNTDQ (checked at
- * run time: that function alone is compiled for it). Decoders, activation quantization and
+ * run time: those functions alone are compiled for it), else a nibble lookup (VPSHUFB) summed
+ * by VPSADBW; the XNOR GEMM runs 4 x 4 register tiles of weight x activation rows. Decoders, activation quantization and
  * float16 conversion are the AVX2 ones.
  */
 #include <immintrin.h>
@@ -82,6 +83,124 @@ __attribute__((target("avx512vpopcntdq"))) static uint64_t popcount_vpopcntq(
     return (uint64_t)_mm512_reduce_add_epi64(acc) + eq_avx2_popcount_xor(a + i, b + i, nbytes - i);
 }
 
+/* 8 accumulators of 8 lanes -> their 8 totals in order (pairs, then 128-bit lanes twice). */
+static inline __m512i totals8(const __m512i *a)
+{
+    __m512i p[4], q[2];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)  /* lane pair L: [a[2i] pair sum, a[2i+1] pair sum] */
+        p[i] = _mm512_add_epi64(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]),
+                                _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++)
+        q[i] = _mm512_add_epi64(_mm512_shuffle_i64x2(p[2 * i], p[2 * i + 1], 0x88),
+                                _mm512_shuffle_i64x2(p[2 * i], p[2 * i + 1], 0xDD));
+    return _mm512_add_epi64(_mm512_shuffle_i64x2(q[0], q[1], 0x88),
+                            _mm512_shuffle_i64x2(q[0], q[1], 0xDD));
+}
+
+/* Per 64-bit lane, the popcount of v: VPOPCNTQ, or (without AVX512_VPOPCNTDQ) a nibble
+ * lookup with VPSHUFB summed per lane by VPSADBW. */
+__attribute__((target("avx512vpopcntdq"))) static inline __m512i popcnt_q(__m512i v)
+{
+    return _mm512_popcnt_epi64(v);
+}
+
+static inline __m512i popcnt_lut(__m512i v)
+{
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4));
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    __m512i n = _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_and_si512(v, low)),
+                                _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), low)));
+    return _mm512_sad_epu8(n, _mm512_setzero_si512());
+}
+
+__attribute__((target("avx512vpopcntdq"))) static inline __m256i popcnt_q256(__m256i v)
+{
+    return _mm256_popcnt_epi64(v);
+}
+
+static inline __m256i popcnt_lut256(__m256i v)
+{
+    const __m256i lut = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4));
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256i n = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, low)),
+                                _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
+    return _mm256_sad_epu8(n, _mm256_setzero_si256());
+}
+
+/* Up to 8 bytes of row `row` from byte j on (fewer at the end of the row: zero-padded). */
+static inline int64_t word_at(const uint8_t *row, int64_t j, int64_t nbytes)
+{
+    int64_t v = 0;
+    if (nbytes - j >= 8)
+        memcpy(&v, row + j, 8);
+    else
+        memcpy(&v, row + j, (size_t)(nbytes - j));
+    return v;
+}
+
+/* 4 x 4 register tile: each 64-byte load of a weight row serves four activation rows. A
+ * tail of more than 24 bytes is read with masked loads (zero bytes add nothing); a shorter
+ * one 8 bytes at a time, the four weight rows' words in one 256-bit vector against each
+ * activation row's word broadcast (lane a of tail[b] counts pair (a, b)). */
+#define POPXOR_TILE(NAME, ATTR, POPCNT, POPCNT256)                                           \
+    ATTR static void NAME(const uint8_t *w, int64_t wstride, const uint8_t *x,               \
+                          int64_t xstride, int64_t nbytes, uint64_t pop[16])                 \
+    {                                                                                        \
+        __m512i acc[16];                                                                     \
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)                                \
+            acc[i] = _mm512_setzero_si512();                                                 \
+        int64_t j = 0, vec_end = nbytes % 64 > 24 ? nbytes : nbytes - nbytes % 64;           \
+        for (; j < vec_end; j += 64) {                                                       \
+            __mmask64 mask = nbytes - j >= 64 ? ~(__mmask64)0                                \
+                                              : ((__mmask64)1 << (nbytes - j)) - 1;          \
+            __m512i xv[4];                                                                   \
+            _Pragma("GCC unroll 4") for (int b = 0; b < 4; b++)                              \
+                xv[b] = _mm512_maskz_loadu_epi8(mask, x + b * xstride + j);                  \
+            _Pragma("GCC unroll 4") for (int a = 0; a < 4; a++) {                            \
+                __m512i wv = _mm512_maskz_loadu_epi8(mask, w + a * wstride + j);             \
+                _Pragma("GCC unroll 4") for (int b = 0; b < 4; b++)                          \
+                    acc[4 * a + b] = _mm512_add_epi64(acc[4 * a + b],                        \
+                                                      POPCNT(_mm512_xor_si512(wv, xv[b])));  \
+            }                                                                                \
+        }                                                                                    \
+        _mm512_storeu_si512(pop, totals8(acc));                                              \
+        _mm512_storeu_si512(pop + 8, totals8(acc + 8));                                      \
+        if (j == nbytes)                                                                     \
+            return;                                                                          \
+        __m256i tail[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(),                   \
+                           _mm256_setzero_si256(), _mm256_setzero_si256()};                  \
+        for (; j < nbytes; j += 8) {                                                         \
+            __m256i wv = _mm256_setr_epi64x(word_at(w, j, nbytes),                           \
+                                            word_at(w + wstride, j, nbytes),                 \
+                                            word_at(w + 2 * wstride, j, nbytes),             \
+                                            word_at(w + 3 * wstride, j, nbytes));            \
+            _Pragma("GCC unroll 4") for (int b = 0; b < 4; b++) {                            \
+                __m256i xv = _mm256_set1_epi64x(word_at(x + b * xstride, j, nbytes));        \
+                tail[b] = _mm256_add_epi64(tail[b], POPCNT256(_mm256_xor_si256(wv, xv)));    \
+            }                                                                                \
+        }                                                                                    \
+        uint64_t t[4][4];                                                                    \
+        for (int b = 0; b < 4; b++)                                                          \
+            _mm256_storeu_si256((__m256i *)t[b], tail[b]);                                   \
+        for (int a = 0; a < 4; a++)                                                          \
+            for (int b = 0; b < 4; b++)                                                      \
+                pop[4 * a + b] += t[b][a];                                                   \
+    }
+POPXOR_TILE(popxor_tile_vpopcntq, __attribute__((target("avx512vpopcntdq"))), popcnt_q, popcnt_q256)
+POPXOR_TILE(popxor_tile_lut, , popcnt_lut, popcnt_lut256)
+#undef POPXOR_TILE
+
+static void popcount_xor_tile(const uint8_t *w, int64_t wstride, const uint8_t *x,
+                              int64_t xstride, int64_t nbytes, uint64_t pop[16])
+{
+    if (eq_has_vpopcntq)
+        popxor_tile_vpopcntq(w, wstride, x, xstride, nbytes, pop);
+    else
+        popxor_tile_lut(w, wstride, x, xstride, nbytes, pop);
+}
+
 static uint64_t popcount_xor(const uint8_t *a, const uint8_t *b, int64_t nbytes)
 {
     return eq_has_vpopcntq ? popcount_vpopcntq(a, b, nbytes) : eq_avx2_popcount_xor(a, b, nbytes);
@@ -101,7 +220,10 @@ const eq_simd_table eq_table_avx512 = {
     .quantize_block = eq_avx2_quantize_block,
     .halves_to_float = eq_avx2_halves_to_float,
     .popcount_xor = popcount_xor,
+    .popcount_xor_tile = popcount_xor_tile,
     .plan = x86_plan,
     .slots = x86_slots,
     .combine = x86_combine,
+    .panel = x86_panel,
+    .panel_pack = x86_panel_pack,
 };

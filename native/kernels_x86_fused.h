@@ -15,6 +15,8 @@
  *     planes of one slot accumulate into one vector whose 128-bit halves are A and B.
  *   ternary 2-bit with groups (or rows) a multiple of 128: each 32-byte load yields 32 codes
  *     of each of the four planes, read against the activations in their natural order.
+ * m >= EQ_PANEL_MIN_M on AVX-512 (x86_panel): rows packed into panels (eq_panel), sums per
+ * row in the lanes of one accumulator, the combine done lane by lane in the same float order.
  * Include after <immintrin.h>, "edgeq_native.h" and a definition of EQ_VNNI.
  */
 
@@ -524,16 +526,19 @@ X86_INLINE void combine_row_t(const eq_rowscale *rs, int j, const int32_t *raw,
 X86_INLINE void transpose8(__m256 r[8])
 {
     __m256 t[8], u[8];
+#pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
         t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
         t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
+#pragma GCC unroll 2
     for (int i = 0; i < 2; i++) {
         u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
         u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
         u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
         u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
     }
+#pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
         r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
         r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
@@ -547,6 +552,7 @@ X86_INLINE void combine_rows_t(const eq_rowscale *rs, int nr, const int32_t *raw
                                const int WS, const int WM, const int OFF)
 {
     __m256 acc[8], accm[8];
+#pragma GCC unroll 8
     for (int j = 0; j < 8; j++) {
         acc[j] = accm[j] = _mm256_setzero_ps();
         if (j < nr)
@@ -554,10 +560,12 @@ X86_INLINE void combine_rows_t(const eq_rowscale *rs, int nr, const int32_t *raw
     }
     transpose8(acc);
     __m256 sum = _mm256_setzero_ps(), summ = _mm256_setzero_ps();
+#pragma GCC unroll 8
     for (int p = 0; p < EQ_PARTIALS; p++)
         sum = _mm256_add_ps(sum, acc[p]);
     if (WM != V_NONE) {
         transpose8(accm);
+#pragma GCC unroll 8
         for (int p = 0; p < EQ_PARTIALS; p++)
             summ = _mm256_add_ps(summ, accm[p]);
     }
@@ -594,6 +602,169 @@ static void x86_combine(const eq_rowscale *rs, int nr, const int32_t *raw, int64
 #undef COMBINE_CASE
     eq_combine_scalar(rs, nr, raw, rstride, xsum, xs, y);  /* mins with zero points: none today */
 }
+
+#if EQ_VNNI
+/* ---- m > 1: the packed panel (see eq_panel), 16 rows per 512-bit vector ----------------------
+ * Per activation row, one accumulator holds the running sub-block sums of all 16 rows; a
+ * step is one weight load shared by the tile's rows and one VPDPBUSD per row against four
+ * activations broadcast. Sums wrap modulo 2^32 like the slot sums. */
+X86_INLINE void panel_tile(const uint8_t *w, const int8_t *x, int64_t k, const int mt,
+                           int64_t nsub, int64_t steps, int32_t *raw)
+{
+    for (int64_t s = 0; s < nsub; s++) {
+        __m512i acc[EQ_PANEL_TILE];
+#pragma GCC unroll 8
+        for (int i = 0; i < mt; i++)
+            acc[i] = _mm512_setzero_si512();
+        const int8_t *xs = x + s * steps * 4;
+        for (int64_t q = 0; q < steps; q++, w += 4 * EQ_PANEL, xs += 4) {
+            __m512i wv = _mm512_loadu_si512(w);
+#pragma GCC unroll 8
+            for (int i = 0; i < mt; i++) {
+                int32_t four;
+                memcpy(&four, xs + i * k, 4);
+                acc[i] = _mm512_dpbusd_epi32(acc[i], wv, _mm512_set1_epi32(four));
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < mt; i++)
+            _mm512_storeu_si512(raw + (i * nsub + s) * EQ_PANEL, acc[i]);
+    }
+}
+
+X86_INLINE void panel_step(const eq_panel *p, const int32_t *raw, const int32_t *xsum,
+                           const float *xs, int64_t s, __m512 *part, __m512 *partm,
+                           const int has_off, const int has_wm)
+{
+    __m512i r = _mm512_loadu_si512(raw + s * EQ_PANEL);
+    if (p->mult != 1)
+        r = _mm512_mullo_epi32(r, _mm512_set1_epi32(p->mult));
+    __m512i o = has_off
+        ? _mm512_mullo_epi32(_mm512_loadu_si512(p->off + s * EQ_PANEL), _mm512_set1_epi32(xsum[s]))
+        : _mm512_set1_epi32((int32_t)((uint32_t)p->off_c * (uint32_t)xsum[s]));
+    __m512 x = _mm512_set1_ps(xs[s]);
+    __m512 w = _mm512_mul_ps(x, _mm512_loadu_ps(p->ws + s * EQ_PANEL));
+    *part = _mm512_add_ps(*part, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, o)), w));
+    if (has_wm) {
+        __m512 v = _mm512_mul_ps(x, _mm512_loadu_ps(p->wm + s * EQ_PANEL));
+        *partm = _mm512_add_ps(*partm, _mm512_mul_ps(_mm512_set1_ps((float)xsum[s]), v));
+    }
+}
+
+/* One activation row's outputs for the panel's rows: the scalar combine rule in each lane
+ * (partial s % EQ_PARTIALS, partials then the mins' partials added in order). */
+X86_INLINE void panel_combine(const eq_panel *p, const int32_t *raw, const int32_t *xsum,
+                              const float *xs, float *y, int nr, const int has_off, const int has_wm)
+{
+    const int64_t nsub = p->nsub;
+    __m512 p0 = _mm512_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, p4 = p0, p5 = p0, p6 = p0, p7 = p0;
+    __m512 m0 = p0, m1 = p0, m2 = p0, m3 = p0, m4 = p0, m5 = p0, m6 = p0, m7 = p0;
+    int64_t s = 0;
+#define PANEL_STEPS(STEP)                                                                    \
+    STEP(0, p0, m0) STEP(1, p1, m1) STEP(2, p2, m2) STEP(3, p3, m3)                          \
+    STEP(4, p4, m4) STEP(5, p5, m5) STEP(6, p6, m6) STEP(7, p7, m7)
+#define FULL_STEP(q, P, M) panel_step(p, raw, xsum, xs, s + q, &P, &M, has_off, has_wm);
+#define TAIL_STEP(q, P, M) if (s + q < nsub) panel_step(p, raw, xsum, xs, s + q, &P, &M, has_off, has_wm);
+    for (; s + EQ_PARTIALS <= nsub; s += EQ_PARTIALS) {
+        PANEL_STEPS(FULL_STEP)
+    }
+    if (s < nsub) {
+        PANEL_STEPS(TAIL_STEP)
+    }
+#undef FULL_STEP
+#undef TAIL_STEP
+#undef PANEL_STEPS
+    const __m512 z = _mm512_setzero_ps();
+    __m512 sum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(
+        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(z, p0), p1), p2), p3), p4), p5), p6), p7);
+    __m512 summ = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(
+        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(z, m0), m1), m2), m3), m4), m5), m6), m7);
+    _mm512_mask_storeu_ps(y, (__mmask16)((1u << nr) - 1), _mm512_add_ps(sum, summ));
+}
+
+/* 16 rows x 16 four-byte words -> word q of every row in r[q]. */
+X86_INLINE void transpose16x16_epi32(__m512i r[16])
+{
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* in 128-bit lane L, u[4i + c] holds word 4L + c of rows 4i..4i+3 */
+    for (int i = 0; i < 4; i++) {
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512i a0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), a1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);
+        __m512i b0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), b1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
+        r[c] = _mm512_shuffle_i32x4(a0, b0, 0x88);
+        r[4 + c] = _mm512_shuffle_i32x4(a1, b1, 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(a0, b0, 0xDD);
+        r[12 + c] = _mm512_shuffle_i32x4(a1, b1, 0xDD);
+    }
+}
+
+static void x86_panel_pack(const uint8_t *const *rows, int64_t k, uint32_t flip, uint8_t *out)
+{
+    const __m512i flipv = _mm512_set1_epi32((int32_t)flip);
+    int64_t j = 0;
+    /* 64 bytes of each row at a time, transposed by words */
+    for (; j + 64 <= k; j += 64, out += 64 * EQ_PANEL) {
+        __m512i r[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < EQ_PANEL; i++)
+            r[i] = rows[i] ? _mm512_xor_si512(_mm512_loadu_si512(rows[i] + j), flipv) : _mm512_setzero_si512();
+        transpose16x16_epi32(r);
+#pragma GCC unroll 16
+        for (int q = 0; q < 16; q++)
+            _mm512_storeu_si512(out + 64 * q, r[q]);
+    }
+    for (; j < k; j += 4, out += 4 * EQ_PANEL)
+        for (int i = 0; i < EQ_PANEL; i++) {
+            uint32_t v = 0;
+            if (rows[i]) {
+                memcpy(&v, rows[i] + j, 4);
+                v ^= flip;
+            }
+            memcpy(out + 4 * i, &v, 4);
+        }
+}
+
+static void x86_panel(const eq_panel *p, const int8_t *x, int64_t m, const int32_t *xsum,
+                      const float *xs, float *y, int64_t ystride, int nr, int32_t *raw)
+{
+    const int64_t k = p->k, nsub = p->nsub, steps = p->sub / 4;
+    const int has_off = p->off != NULL, has_wm = p->wm != NULL;
+    for (int64_t i0 = 0; i0 < m; i0 += EQ_PANEL_TILE) {
+        int mt = (int)(m - i0 < EQ_PANEL_TILE ? m - i0 : EQ_PANEL_TILE);
+        const int8_t *xt = x + i0 * k;
+        switch (mt) {  /* each tile height specialised by inlining */
+        case 1: panel_tile(p->w, xt, k, 1, nsub, steps, raw); break;
+        case 2: panel_tile(p->w, xt, k, 2, nsub, steps, raw); break;
+        case 3: panel_tile(p->w, xt, k, 3, nsub, steps, raw); break;
+        case 4: panel_tile(p->w, xt, k, 4, nsub, steps, raw); break;
+        case 5: panel_tile(p->w, xt, k, 5, nsub, steps, raw); break;
+        case 6: panel_tile(p->w, xt, k, 6, nsub, steps, raw); break;
+        case 7: panel_tile(p->w, xt, k, 7, nsub, steps, raw); break;
+        default: panel_tile(p->w, xt, k, 8, nsub, steps, raw); break;
+        }
+        for (int i = 0; i < mt; i++) {
+            const int64_t row = i0 + i;
+            const int32_t *ri = raw + i * nsub * EQ_PANEL;
+            const int32_t *qs = xsum + row * nsub;
+            const float *fs = xs + row * nsub;
+            float *yi = y + row * ystride;
+            if (has_off)
+                has_wm ? panel_combine(p, ri, qs, fs, yi, nr, 1, 1) : panel_combine(p, ri, qs, fs, yi, nr, 1, 0);
+            else
+                has_wm ? panel_combine(p, ri, qs, fs, yi, nr, 0, 1) : panel_combine(p, ri, qs, fs, yi, nr, 0, 0);
+        }
+    }
+}
+#endif
 
 /* ---- plan ---------------------------------------------------------------------------------- */
 

@@ -144,10 +144,12 @@ def random_qtensor(rng, spec_tuple, rows, k) -> QTensor:
 
 @needs_native
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=st.sampled_from(KIND_SPECS), rows=st.integers(1, 9), groups=st.integers(1, 6),
-       m=st.integers(1, 3), act=st.sampled_from([32, None]), seed=st.integers(0, 2**32 - 1))
+@given(spec=st.sampled_from(KIND_SPECS), rows=st.sampled_from([1, 5, 9, 16, 35]),
+       groups=st.integers(1, 6), m=st.sampled_from([1, 2, 3, 8, 13]),
+       act=st.sampled_from([32, None]), seed=st.integers(0, 2**32 - 1))
 def test_every_variant_matches_reference_on_raw_bytes(spec, rows, groups, m, act, seed):
-    """Random component bytes (all code values) and int8 activations including -128."""
+    """Random component bytes (all code values) and int8 activations including -128; m >= 8
+    reaches the packed-panel GEMM (16 weight rows), 35 rows a partial last panel."""
     rng = np.random.default_rng(seed)
     k = groups * 192  # a multiple of every group size above
     qt = random_qtensor(rng, spec, rows, k)
@@ -189,14 +191,18 @@ def test_quantize_act_bit_exact_on_every_variant():
 
 
 @needs_native
-def test_threads_split_rows_without_changing_results(monkeypatch):
+def test_threads_split_rows_without_changing_results():
     rng = np.random.default_rng(5)
     qt = quantize(rng.standard_normal((300, 4096)).astype(np.float32), "int4")
-    xq, xs = ref.quantize_activations(rng.standard_normal((2, 4096)).astype(np.float32), 32)
-    monkeypatch.setenv("EDGEQ_THREADS", "1")
-    one = nb.matmul(qt, xq, xs, 32)
-    monkeypatch.setenv("EDGEQ_THREADS", "2")
-    assert nb.matmul(qt, xq, xs, 32).tobytes() == one.tobytes()
+    for m in (2, 20):  # m = 20: packed panels split over threads in whole panels
+        xq, xs = ref.quantize_activations(rng.standard_normal((m, 4096)).astype(np.float32), 32)
+        nb.set_threads(1)
+        try:
+            one = nb.matmul(qt, xq, xs, 32)
+            nb.set_threads(2)
+            assert nb.matmul(qt, xq, xs, 32).tobytes() == one.tobytes()
+        finally:
+            nb.set_threads(None)
 
 
 @needs_native
@@ -215,9 +221,10 @@ def test_xnor_matches_reference():
     rng = np.random.default_rng(7)
     for k in (1, 9, 64, 1000, 4100):
         kb = -(-k // 8)
-        w = rng.integers(0, 256, (6, kb), dtype=np.uint8)
-        x = rng.integers(0, 256, (3, kb), dtype=np.uint8)
-        np.testing.assert_array_equal(nb.xnor(w, x, k), ref.xnor_dot(w, x, k))
+        for n, m in ((6, 3), (9, 7)):  # 4 x 4 register tiles and the rows left over
+            w = rng.integers(0, 256, (n, kb), dtype=np.uint8)
+            x = rng.integers(0, 256, (m, kb), dtype=np.uint8)
+            np.testing.assert_array_equal(nb.xnor(w, x, k), ref.xnor_dot(w, x, k))
 
 
 # ---- validation before any C call -------------------------------------------------------------

@@ -61,7 +61,8 @@ WEIGHTS = [
 #: reach every fused path of the C matmul (native/engine.c): odd group counts and partial
 #: blocks of 8 slots, blocks of 8 rows with a remainder, tiles of 4 activation rows with a
 #: remainder (m = 6), scales, mins and zero points expanded (group > sub-block), slot sums
-#: folded into larger sub-blocks (activation blocks of 64 or the whole row).
+#: folded into larger sub-blocks (activation blocks of 64 or the whole row); m = 19 takes the
+#: packed-panel path (16 weight rows, tiles of 8 activation rows with a remainder).
 FUSED = [
     ("int4", "group", 32, True, "", 11, 544, (32, 544)),
     ("int4", "group", 32, False, "", 9, 576, (32, 64)),
@@ -82,6 +83,10 @@ FUSED = [
     ("int8", "group", 32, False, "", 9, 256, (32,)),
     ("int8", "group", 64, False, "", 9, 320, (32,)),
     ("binary", "row", 0, True, "", 9, 320, (32,)),
+    # packed panels of 16 rows (m >= 8 on AVX-512): two full panels and a partial one
+    ("int8", "row", 0, True, "", 37, 256, (32, 256)),
+    ("int4", "group", 32, False, "", 33, 320, (32, 64)),
+    ("int8", "group", 32, False, "", 17, 256, (32,)),
 ]
 
 
@@ -156,7 +161,7 @@ def weight_cases(rng):
 def fused_cases(rng):
     for qtype, gran, group, sym, packing, rows, k, act_blocks in FUSED:
         qt = random_qtensor(rng, qtype, gran, group, sym, packing, rows, k)
-        for m in (1, 6):
+        for m in (1, 6, 19):
             xq = activation_codes(rng, m, k)
             for act_block in act_blocks:
                 xs = (rng.random((m, k // act_block)) * 0.1).astype(np.float32)
@@ -165,7 +170,8 @@ def fused_cases(rng):
 
 
 def xnor_cases(rng):
-    for n, m, k in ((3, 1, 7), (4, 2, 64), (2, 3, 200), (5, 2, 1031)):
+    # 4 x 4 register tiles with partial tiles in both directions, masked row tails
+    for n, m, k in ((3, 1, 7), (4, 2, 64), (2, 3, 200), (5, 2, 1031), (9, 7, 1031), (8, 4, 576)):
         kb = -(-k // 8)
         w = rng.integers(0, 256, (n, kb), dtype=np.uint8)
         x = rng.integers(0, 256, (m, kb), dtype=np.uint8)

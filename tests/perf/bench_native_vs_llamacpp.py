@@ -147,9 +147,9 @@ def per_call_overhead(rng, repeats: int) -> None:
     else:
         full = lambda: [nb.matmul(qt, xq, xs, ACT_BLOCK) for _ in range(calls)]
     matrix = nb._matrix(qt)
-    args = (nb.ffi.from_buffer("int8_t[]", xq), nb.ffi.from_buffer("float[]", xs), ACT_BLOCK,
+    args = (nb.ffi.from_buffer("int8_t[]", xq), nb.ffi.from_buffer("float[]", xs), 1, ACT_BLOCK,
             nb.ffi.from_buffer("float[]", out), 1)
-    fn, ptr = matrix.vec_dot_fn, matrix.ptr
+    fn, ptr = matrix.gemm_fn, matrix.ptr
     bare = lambda: [fn(ptr, *args) for _ in range(calls)]
     t_full = median_time(full, repeats) / calls
     t_bare = median_time(bare, repeats) / calls
