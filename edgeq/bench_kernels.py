@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import statistics
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,20 +82,6 @@ def last_level_cache_bytes() -> int:
         if digits.isdigit():
             sizes.append(int(digits) * scale)
     return max(sizes, default=_FALLBACK_LLC)
-
-
-@contextmanager
-def thread_count(n: int):
-    """Set EDGEQ_THREADS for the kernels called inside the block."""
-    old = os.environ.get("EDGEQ_THREADS")
-    os.environ["EDGEQ_THREADS"] = str(n)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("EDGEQ_THREADS", None)
-        else:
-            os.environ["EDGEQ_THREADS"] = old
 
 
 def _median_time(fn, repeats: int, budget_s: float) -> float:
@@ -161,7 +145,7 @@ def bench_gemv(kind: str, shape, backend: str, threads: int, working_set: int,
     weights = [first] + [random_weight(kind, shape, rng) for _ in range(count - 1)]
     xq, xs, block = _activations(shape[1], 1, rng)
     kernel = lookup("matmul", kind, backend)
-    with thread_count(threads):
+    with kernel_backends.thread_count(threads):
         kernel(weights[0], xq, xs, block)  # compile / warm up
 
         def cycle():
@@ -178,7 +162,7 @@ def bench_gemm(kind: str, shape, backend: str, threads: int, repeats: int,
     qt = random_weight(kind, shape, rng)
     xq, xs, block = _activations(shape[1], GEMM_ROWS, rng)
     kernel = lookup("matmul", kind, backend)
-    with thread_count(threads):
+    with kernel_backends.thread_count(threads):
         kernel(qt, xq, xs, block)
         seconds = _median_time(lambda: kernel(qt, xq, xs, block), repeats, budget_s=20.0)
     return 2 * GEMM_ROWS * shape[0] * shape[1] / seconds / 1e9
@@ -190,7 +174,7 @@ def bench_xnor(shape, backend: str, threads: int, repeats: int, rng: np.random.G
     w_bits = rng.integers(0, 256, (n, -(-k // 8)), dtype=np.uint8)
     x_bits = rng.integers(0, 256, (GEMM_ROWS, -(-k // 8)), dtype=np.uint8)
     kernel = lookup("xnor", "binary", backend)
-    with thread_count(threads):
+    with kernel_backends.thread_count(threads):
         kernel(w_bits, x_bits, k)
         seconds = _median_time(lambda: kernel(w_bits, x_bits, k), repeats, budget_s=20.0)
     return 2 * GEMM_ROWS * n * k / seconds / 1e9

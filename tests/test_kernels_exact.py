@@ -7,9 +7,6 @@ activations, at 1 and 2 threads. quantize_act, block_sums and xnor must be exact
 matmul must lie within TOLERANCE (the only float tolerance in this file).
 """
 
-import os
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -33,19 +30,6 @@ FAST_BACKENDS = sorted(name for name, status in backends.available().items()
                        if status == "ok" and name != "numpy")
 CASES = [(op, kind, backend) for (op, kind), impls in sorted(KERNELS.items())
          for backend in sorted(impls) if backend in FAST_BACKENDS]
-
-
-@contextmanager
-def edgeq_threads(n: int):
-    old = os.environ.get("EDGEQ_THREADS")
-    os.environ["EDGEQ_THREADS"] = str(n)
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["EDGEQ_THREADS"]
-        else:
-            os.environ["EDGEQ_THREADS"] = old
 
 
 def cases(*ops):
@@ -183,7 +167,7 @@ def test_block_sums_exact(op, kind, backend, threads, data):
     sub = _sub_block(qt, data.draw(_act_blocks(k)))
     xq = data.draw(int8_activations(k))
     expected = numpy_backend.block_sums(qt, xq, sub)
-    with edgeq_threads(threads):
+    with backends.thread_count(threads):
         got = KERNELS[(op, kind)][backend](qt, xq, sub)
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)
@@ -199,7 +183,7 @@ def test_matmul_within_tolerance(op, kind, backend, threads, data):
     act_block = data.draw(_act_blocks(k))
     xq, xs = ref.quantize_activations(data.draw(float_activations(k)), act_block)
     expected = numpy_backend.matmul(qt, xq, xs, act_block)
-    with edgeq_threads(threads):
+    with backends.thread_count(threads):
         got = KERNELS[(op, kind)][backend](qt, xq, xs, act_block)
     assert got.dtype == np.float32 and got.shape == expected.shape
     bound = TOLERANCE["matmul"] * _magnitude(qt, xq, xs, act_block)
@@ -239,7 +223,7 @@ def float_rows(draw):
 def test_quantize_act_exact(op, kind, backend, threads, case):
     x, block = case
     q_ref, s_ref = ref.quantize_activations(x, block)
-    with edgeq_threads(threads):
+    with backends.thread_count(threads):
         q, s = KERNELS[(op, kind)][backend](x, block)
     np.testing.assert_array_equal(q, q_ref)
     np.testing.assert_array_equal(s.view(np.int32), s_ref.view(np.int32))  # bit for bit
@@ -256,7 +240,7 @@ def test_xnor_exact(op, kind, backend, threads, k, n, m, pattern, seed):
     w_bits = _code_bytes("binary", (n, kb), pattern, rng)
     x_bits = _code_bytes("binary", (m, kb), "random", rng)
     expected = ref.xnor_dot(w_bits, x_bits, k)
-    with edgeq_threads(threads):
+    with backends.thread_count(threads):
         got = KERNELS[(op, kind)][backend](w_bits, x_bits, k)
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)

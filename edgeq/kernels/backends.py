@@ -8,6 +8,7 @@ thread count (default: all cores).
 import importlib
 import logging
 import os
+from contextlib import contextmanager
 
 from edgeq.errors import UnsupportedError
 
@@ -73,3 +74,17 @@ def threads(requested: int | None = None) -> int:
     if n < 1:
         raise ValueError(f"thread count must be at least 1, got {n}")
     return n
+
+
+@contextmanager
+def thread_count(n: int):
+    """Run the kernels called inside the block on n threads (sets EDGEQ_THREADS, then restores it)."""
+    old = os.environ.get("EDGEQ_THREADS")
+    os.environ["EDGEQ_THREADS"] = str(n)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("EDGEQ_THREADS", None)
+        else:
+            os.environ["EDGEQ_THREADS"] = old
