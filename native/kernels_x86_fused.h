@@ -14,7 +14,8 @@
  *     (prep_pair16: per pair of groups, plane by plane, A's 16 values then B's), so two
  *     planes of one slot accumulate into one vector whose 128-bit halves are A and B.
  *   ternary 2-bit with groups (or rows) a multiple of 128: each 32-byte load yields 32 codes
- *     of each of the four planes, read against the activations in their natural order.
+ *     of each of the four planes, read against the activations in their natural order;
+ *     other multiples of 32 from 128 on slot by slot, a slot across two planes in two parts.
  * m >= EQ_PANEL_MIN_M on AVX-512 (x86_panel): rows packed into panels (eq_panel), sums per
  * row in the lanes of one accumulator, the combine done lane by lane in the same float order.
  * Include after <immintrin.h>, "edgeq_native.h" and a definition of EQ_VNNI.
@@ -377,6 +378,65 @@ static void gemv_crumb_planar(const uint8_t *row, const int8_t *x, int64_t k, in
             _mm_storeu_si128((__m128i *)s, sum4(acc[0], acc[1], acc[2], acc[3]));
             for (int l = 0; l < 4; l++)
                 raw[l * chunks + j] = s[l];
+        }
+    }
+}
+
+/* ---- m = 1: ternary 2-bit, groups of 32 * (4j + 1..3) codes, at least 128 -----------------
+ * Planes of P = group/4 bytes, P a multiple of 8 and at least 32, so a plane may start mid-slot.
+ * Each slot is read at its place: a slot inside plane l is the 32 bytes from its code's byte,
+ * shifted by 2l; a slot across planes l and l + 1 takes the last a bytes of plane l (the
+ * load ending at the plane's last byte, its first 32 - a bytes masked off) and the first
+ * 32 - a bytes of plane l + 1. Every load stays within the group's bytes and activations. */
+X86_INLINE __m256i crumb_slot(const uint8_t *row, const int8_t *xg, int64_t plane, int64_t c0,
+                              int64_t l, int64_t j)
+{
+    const __m256i mask = _mm256_set1_epi8(3), zero = _mm256_setzero_si256();
+    const __m128i shift = _mm_cvtsi32_si128((int)(2 * l));
+    if (j + EQ_SLOT <= plane) {
+        __m256i u = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(row + j)), shift), mask);
+        return dot_narrow(zero, u, _mm256_loadu_si256((const __m256i *)(xg + c0)));
+    }
+    const int a = (int)(plane - j);  /* codes of the slot in plane l: 8, 16 or 24 */
+    const __m256i first = _mm256_cmpgt_epi8(_mm256_set1_epi8((char)(32 - a)),
+        _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+                         21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31));  /* bytes i < 32 - a */
+    __m256i u0 = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(row + plane - 32)), shift), mask);
+    __m256i u1 = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)row),
+                                                   _mm_cvtsi32_si128((int)(2 * l + 2))), mask);
+    u0 = _mm256_andnot_si256(first, u0);
+    u1 = _mm256_and_si256(first, u1);
+    __m256i acc = dot_narrow(zero, u0, _mm256_loadu_si256((const __m256i *)(xg + c0 + a - 32)));
+    return dot_narrow(acc, u1, _mm256_loadu_si256((const __m256i *)(xg + c0 + a)));
+}
+
+/* Slot s (zeros past the group's nslots), then l, j moved on to slot s + 1. */
+X86_INLINE __m256i crumb_next(const uint8_t *row, const int8_t *xg, int64_t plane, int64_t nslots,
+                              int64_t s, int64_t *l, int64_t *j)
+{
+    __m256i acc = s < nslots ? crumb_slot(row, xg, plane, s * EQ_SLOT, *l, *j) : _mm256_setzero_si256();
+    *j += EQ_SLOT;
+    if (*j >= plane) {
+        *j -= plane;
+        *l += 1;
+    }
+    return acc;
+}
+
+static void gemv_crumb_slots(const uint8_t *row, const int8_t *x, int64_t k, int64_t group,
+                             int32_t *raw)
+{
+    const int64_t plane = group / 4, ngroups = k / group, nslots = group / EQ_SLOT;
+    for (int64_t g = 0; g < ngroups; g++, row += plane, x += group, raw += nslots) {
+        /* four slots per reduction; the lanes past the group land in the next group's slots
+         * (written again next) or in raw's slack */
+        int64_t l = 0, j = 0;  /* plane and byte of the next slot's first code */
+        for (int64_t s = 0; s < nslots; s += 4) {
+            __m256i a0 = crumb_next(row, x, plane, nslots, s, &l, &j);
+            __m256i a1 = crumb_next(row, x, plane, nslots, s + 1, &l, &j);
+            __m256i a2 = crumb_next(row, x, plane, nslots, s + 2, &l, &j);
+            __m256i a3 = crumb_next(row, x, plane, nslots, s + 3, &l, &j);
+            _mm_storeu_si128((__m128i *)(raw + s), sum4(a0, a1, a2, a3));
         }
     }
 }
@@ -804,6 +864,8 @@ static int x86_plan(const eq_qmatrix *w, int64_t m, eq_plan *plan)
             plan->prep_bytes = prep_bytes(k, group);
         } else if (m == 1 && group % 128 == 0) {
             plan->gemv = gemv_crumb_planar;
+        } else if (m == 1 && group % EQ_SLOT == 0 && group >= 128) {
+            plan->gemv = gemv_crumb_slots;
         }
         return 1;
     default:  /* base-3, binary: decoded into scratch */

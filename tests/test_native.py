@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,9 @@ needs_native = pytest.mark.skipif(nb is None, reason="edgeq._native is not built
 
 
 def _make(target: str, build: Path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "-s", "-C", str(NATIVE), f"BUILD={build}", target],
+    # two compilers at a time: the two SIMD files take most of the build
+    jobs = f"-j{min(2, os.cpu_count() or 1)}"
+    return subprocess.run(["make", "-s", jobs, "-C", str(NATIVE), f"BUILD={build}", target],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, **env})
 
@@ -203,6 +206,27 @@ def test_threads_split_rows_without_changing_results():
             assert nb.matmul(qt, xq, xs, 32).tobytes() == one.tobytes()
         finally:
             nb.set_threads(None)
+
+
+@needs_native
+def test_idle_workers_sleep():
+    """After a burst of threaded calls the pool's workers block instead of spinning: the
+    process uses (almost) no CPU while the caller sleeps."""
+    rng = np.random.default_rng(9)
+    qt = quantize(rng.standard_normal((576, 576)).astype(np.float32), "int4")
+    xq, xs = ref.quantize_activations(rng.standard_normal((1, 576)).astype(np.float32), 32)
+    nb.set_threads(2)
+    try:
+        for _ in range(200):
+            nb.matmul(qt, xq, xs, 32)
+        assert nb.pool_workers() >= 1
+        before = os.times()
+        time.sleep(0.5)
+        after = os.times()
+    finally:
+        nb.set_threads(None)
+    used = (after.user - before.user) + (after.system - before.system)
+    assert used < 0.1, f"{used:.2f} s of CPU during a 0.5 s sleep: idle workers spin"
 
 
 @needs_native

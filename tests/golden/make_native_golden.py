@@ -75,6 +75,10 @@ FUSED = [
     ("ternary", "row", 0, True, "2bit", 9, 384, (32, 384)),
     ("ternary", "row", 0, True, "2bit", 9, 512, (32,)),
     ("ternary", "row", 0, True, "2bit", 9, 576, (32,)),
+    # planes starting 8 or 24 codes into a slot (group / 4 = 136, 24), and planes under a slot
+    ("ternary", "row", 0, True, "2bit", 9, 544, (32, 544)),
+    ("ternary", "group", 96, True, "2bit", 9, 480, (32, 96)),
+    ("ternary", "group", 32, True, "2bit", 9, 224, (32,)),
     ("ternary", "row", 0, True, "base3", 9, 320, (32,)),
     ("int8", "row", 0, True, "", 9, 288, (32, 288)),
     ("int8", "group", 32, True, "", 10, 288, (32,)),
