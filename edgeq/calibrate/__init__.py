@@ -9,4 +9,12 @@
     mixed        bits per layer under a bits-per-weight budget
     recipe       Recipe: typed, versioned settings (YAML / JSON, stored in the .eqm metadata)
     driver       runs a model over calibration samples and quantizes a whole .eqm by a recipe
+    static       calibrated int8 activation scales stored in the file (static mode, BERT)
+    api          quantize(src, dst, recipe, **options): GGUF / HF / .eqm in, .eqm out
+    similarity   embedding cosine against the float model (`edgeq eval embed-sim`)
 """
+
+from edgeq.calibrate.api import QuantizeSummary, build_recipe, quantize
+from edgeq.calibrate.recipe import ActivationConfig, Recipe, WeightConfig
+
+__all__ = ["ActivationConfig", "QuantizeSummary", "Recipe", "WeightConfig", "build_recipe", "quantize"]

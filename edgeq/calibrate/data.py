@@ -11,6 +11,8 @@ Held apart by construction. The text is tokenized once into one token stream t[0
     evaluation    t[0 : EVAL_TOKENS]                      (the first 16384 tokens)
     calibration   t[max(N // 2, EVAL_TOKENS) : N]         (the second half, and never the
                                                            evaluation tokens even when N < 32768)
+The rule protects the built-in corpus, which evaluation also reads. A calibration file of
+the user's is calibration text only (holdout=False): its windows come from all of it.
 Calibration samples are `samples` non-overlapping windows of `seq_len` tokens, cut from the
 calibration region at offsets multiple of seq_len, chosen at random without replacement with
 numpy.random.default_rng(seed), in increasing offset order. The same text, tokenizer and seed
@@ -95,12 +97,14 @@ def calibration_region(tokens) -> np.ndarray:
     return tokens[max(tokens.shape[0] // 2, EVAL_TOKENS):]
 
 
-def calibration_samples(tokens, samples: int, seq_len: int, seed: int = 0) -> np.ndarray:
-    """int32 (samples, seq_len) windows of the calibration region (see the module docstring)."""
+def calibration_samples(tokens, samples: int, seq_len: int, seed: int = 0, *,
+                        holdout: bool = True) -> np.ndarray:
+    """int32 (samples, seq_len) windows of the calibration region (see the module docstring;
+    holdout=False: of all the tokens)."""
     for name, value in (("samples", samples), ("seq_len", seq_len)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    region = calibration_region(tokens)
+    region = calibration_region(tokens) if holdout else np.asarray(tokens)
     windows = region.shape[0] // seq_len
     if samples > windows:
         raise ValueError(f"the calibration region holds {region.shape[0]} tokens: {windows} windows "

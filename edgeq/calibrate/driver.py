@@ -3,7 +3,7 @@ statistics, and quantize its weights by a Recipe, block by block.
 
     stats  = collect_stats(model, samples, groups)          one forward pass over the samples
     result = quantize_tensors(tensors, stats, recipe, groups)
-    quantize_packed(src, dst, recipe)                        both, for a whole .eqm file
+    recipe, reports = quantize_packed(src, dst, recipe, bits=3.5)    both, for a whole .eqm file
 
 Input groups (input_groups): the linear layers of a block that read the same input, in
 forward order, with the tensors AWQ's 1/s can be folded into (tensor[first + j] /= s_j):
@@ -28,8 +28,8 @@ for the duration of the pass, for a float32 ndarray subclass (_Recording) whose 
 computes the same product on the plain arrays. Quantized weights are dequantized for the pass,
 so statistics always come from the float (or dequantized) model; every block sees inputs of
 the unquantized model before it (not GPTQ's sequential variant). Layers of one group share
-one InputStats (their input is the same), so a pass over `blocks_per_pass` blocks holds one
-k x k float64 Gram matrix per group.
+one InputStats (their input is the same), so a pass holds one k x k float64 Gram matrix per
+group; quantize_packed puts as many blocks in one pass as fit its memory budget.
 """
 
 from __future__ import annotations
@@ -145,8 +145,14 @@ def _llama_install(model, sinks: Mapping[str, Callable]) -> Callable[[], None]:
             gate_up=tuple(wrap(b + n, w) for n, w in zip(("ffn_gate.weight", "ffn_up.weight"), block.gate_up)),
             w_down=wrap(b + "ffn_down.weight", block.w_down))
 
+    # the fused fast path (when every matrix is quantized) reads its own copies of the
+    # weights; the swapped-in recordings run on the plain numpy path
+    fast = getattr(model, "fast_path", False)
+    model.fast_path = False
+
     def restore():
         model.blocks[:] = saved
+        model.fast_path = fast
     return restore
 
 
@@ -168,21 +174,42 @@ def _bert_install(model, sinks: Mapping[str, Callable]) -> Callable[[], None]:
     return restore
 
 
-def _run(model, samples: np.ndarray, batch_size: int) -> None:
+def _run(model, samples: np.ndarray, batch_size: int, on_samples: Callable[[int], None] | None) -> None:
+    done = on_samples or (lambda n: None)
     if hasattr(model, "blocks"):
         for ids in samples:  # prefill: logits of the last position only
             model.prefill(ids, model.new_cache(len(ids)))
+            done(1)
     else:
-        model.embed_ids([list(map(int, ids)) for ids in samples], batch_size=batch_size)
+        for start in range(0, len(samples), batch_size):
+            rows = samples[start:start + batch_size]
+            model.embed_ids([list(map(int, ids)) for ids in rows], batch_size=batch_size)
+            done(len(rows))
 
 
-def collect_stats(model, samples, groups: Sequence[InputGroup], *, batch_size: int = 8) -> dict[str, InputStats]:
+def capture(model, samples, sinks: Mapping[str, Callable[[np.ndarray], None]], *, batch_size: int = 8,
+            on_samples: Callable[[int], None] | None = None) -> None:
+    """Run `samples` (token id rows (n, seq_len)) through a LlamaModel or BertEncoder, calling
+    sinks[name](x) with the input rows x of every multiplication by linear weight `name`
+    (and on_samples(count) as samples finish: progress)."""
+    samples = np.asarray(samples)
+    if samples.ndim != 2 or samples.shape[0] == 0:
+        raise ValueError(f"samples must be a non-empty (n, seq_len) array of token ids, got {samples.shape}")
+    install = _llama_install if hasattr(model, "blocks") else _bert_install
+    restore = install(model, sinks)
+    try:
+        _run(model, samples, batch_size, on_samples)
+    finally:
+        restore()
+
+
+def collect_stats(model, samples, groups: Sequence[InputGroup], *, batch_size: int = 8,
+                  on_samples: Callable[[int], None] | None = None) -> dict[str, InputStats]:
     """Run `samples` (token id rows) through a LlamaModel or BertEncoder and return the input
     statistics of every layer in `groups` (layers of one group share one InputStats)."""
     samples = np.asarray(samples)
     if samples.ndim != 2 or samples.shape[0] == 0:
         raise ValueError(f"samples must be a non-empty (n, seq_len) array of token ids, got {samples.shape}")
-    install = _llama_install if hasattr(model, "blocks") else _bert_install
     stats: dict[str, InputStats] = {}
     sinks: dict[str, Callable] = {}
     for group in groups:
@@ -197,11 +224,7 @@ def collect_stats(model, samples, groups: Sequence[InputGroup], *, batch_size: i
         for name in group.layers[1:]:
             sinks[name] = lambda x: None
         stats.update({name: shared for name in group.layers})
-    restore = install(model, sinks)
-    try:
-        _run(model, samples, batch_size)
-    finally:
-        restore()
+    capture(model, samples, sinks, batch_size=batch_size, on_samples=on_samples)
     missing = [name for name, shared in stats.items() if not shared]
     if missing:
         raise ValueError(f"the model never multiplied {missing[:3]}...: are the group names right?")
@@ -215,6 +238,8 @@ class LayerReport:
     config: WeightConfig
     error: float | None  # ||X W^T - X Q^T||^2 on the calibration rows (None without statistics)
     awq_scaled: bool = False
+    relative_error: float | None = None  # error / ||X W^T||^2
+    bits_per_weight: float | None = None  # of the stored tensor, scales included
 
 
 @dataclass
@@ -235,7 +260,8 @@ def _quantize_layer(w: np.ndarray, config: WeightConfig, stats: InputStats | Non
     if config.algorithm == "hqq":
         return hqq(w, grid, iters=p.iters, p=p.p, beta=p.beta, kappa=p.kappa, optimize_scale=p.optimize_scale)
     if config.algorithm == "gptq":
-        return gptq(w, stats.hessian(), grid, damp=p.damp, block_size=p.block_size, act_order=p.act_order)
+        return gptq(w, stats.hessian(), grid, damp=p.damp, block_size=p.block_size, act_order=p.act_order,
+                    grid_search=p.grid_search)
     # awq: any scaling is already folded in; this is the clipping search alone
     return awq([w], stats, grid, n_grid=1, clip=p.clip, max_shrink=p.max_shrink).qtensors[0]
 
@@ -273,11 +299,13 @@ def apply_awq_scales(floats: dict[str, np.ndarray], stats: Mapping[str, InputSta
 
 
 def quantize_tensors(tensors: Mapping[str, object], stats: Mapping[str, InputStats], recipe: Recipe,
-                     groups: Sequence[InputGroup]) -> QuantizeResult:
+                     groups: Sequence[InputGroup], *,
+                     on_layer: Callable[[str], None] | None = None) -> QuantizeResult:
     """Quantize the layers of `groups` by `recipe`; AWQ scales fold into the named tensors.
 
     tensors: name -> float array or QTensor (QTensors are dequantized first); stats: from
     collect_stats (needed for gptq and awq layers). Tensors not in any group pass through.
+    on_layer(name) is called after each layer (progress).
     """
     for group in groups:
         for name in group.layers:
@@ -292,11 +320,15 @@ def quantize_tensors(tensors: Mapping[str, object], stats: Mapping[str, InputSta
         for name in group.layers:
             config = recipe.for_layer(name)
             qt = _quantize_layer(floats[name], config, inputs.get(name))
-            error = None
+            error = relative = None
             if name in inputs:  # scaled layers: ||(X/s)(W s)^T - (X/s) Q^T||^2 = ||X W^T - (X/s) Q^T||^2
                 error = output_error(floats[name], qt.dequantize(), inputs[name].gram)
+                energy = output_error(floats[name], np.zeros_like(floats[name]), inputs[name].gram)
+                relative = error / energy if energy > 0 else 0.0
             out[name] = qt
-            reports.append(LayerReport(name, config, error, name in scaled))
+            reports.append(LayerReport(name, config, error, name in scaled, relative, qt.bits_per_weight))
+            if on_layer is not None:
+                on_layer(name)
     for group in groups:
         for name, _ in group.folds:
             if not isinstance(out[name], QTensor):
@@ -316,36 +348,145 @@ def calibration_samples(model, settings) -> np.ndarray:
         def encode(text):
             return tokenizer.encode(text, add_special=False)
     tokens = data.tokenize(data.load_text(settings.source), encode)
-    return data.calibration_samples(tokens, settings.samples, settings.seq_len, settings.seed)
+    return data.calibration_samples(tokens, settings.samples, settings.seq_len, settings.seed,
+                                    holdout=settings.source == data.BUILTIN)
 
 
-def quantize_packed(src, dst, recipe: Recipe, *, samples=None, blocks_per_pass: int = 4) -> list[LayerReport]:
+def gram_bytes(groups: Sequence[InputGroup], config: Mapping) -> int:
+    """Memory of the Gram matrices (float64 k x k per group) of `groups`."""
+    width = _input_widths(config)
+    return sum(8 * width(g.layers[0]) ** 2 for g in groups)
+
+
+def _input_widths(c: Mapping) -> Callable[[str], int]:
+    if c.get("architecture") == "bert":
+        return lambda name: c["intermediate_size"] if name.endswith("ffn_down.weight") else c["hidden_size"]
+    return lambda name: (c["ffn_dim"] if name.endswith("ffn_down.weight") else
+                         c["n_heads"] * c["head_dim"] if name.endswith("attn_output.weight") else c["dim"])
+
+
+def block_chunks(groups: Sequence[InputGroup], config: Mapping, memory: int) -> list[list[InputGroup]]:
+    """Consecutive blocks per calibration pass, as many as keep the Gram matrices of one pass
+    within `memory` bytes (at least one block per pass)."""
+    blocks = sorted({g.block for g in groups})
+    chunks: list[list[InputGroup]] = [[]]
+    for b in blocks:
+        mine = [g for g in groups if g.block == b]
+        if chunks[-1] and gram_bytes(chunks[-1] + mine, config) > memory:
+            chunks.append([])
+        chunks[-1] += mine
+    return chunks
+
+
+def _units(groups: Sequence[InputGroup], recipe: Recipe) -> list[tuple[str, ...]]:
+    """What mixed precision sizes alike: an AWQ input group shares one grid, others are per layer."""
+    units = []
+    for g in groups:
+        if g.folds and all(recipe.for_layer(n).algorithm == "awq" for n in g.layers):
+            units.append(g.layers)
+        else:
+            units += [(n,) for n in g.layers]
+    return units
+
+
+class _Bars:
+    """tqdm bars (with time estimates) when enabled, else nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            try:
+                from tqdm import tqdm  # installed with gguf; the bars are optional
+            except ImportError:
+                self.enabled = False
+            else:
+                self._tqdm = tqdm
+
+    def bar(self, total: int, desc: str, unit: str):
+        if not self.enabled:
+            return None
+        return self._tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+
+
+def quantize_packed(src, dst, recipe: Recipe, *, samples=None, bits: float | None = None,
+                    gram_memory: int = 2 << 30, progress: bool = False) -> tuple[Recipe, list[LayerReport]]:
     """Quantize the linear layers of the model in .eqm `src` by `recipe` into `dst`.
 
-    samples: token id rows (default: recipe.calibration with the model's tokenizer). The blocks
-    are calibrated `blocks_per_pass` at a time (one forward pass each) to bound the memory of
-    the Gram matrices. The recipe is stored in dst's metadata under "recipe".
+    samples: token id rows (default: recipe.calibration with the model's tokenizer).
+    bits: a bits-per-weight budget over the linear layers: mixed.budget_recipe adds per-layer
+    overrides (from the round-to-nearest sensitivities of mixed.DEFAULT_CANDIDATES).
+    The blocks are calibrated in passes whose Gram matrices fit `gram_memory` bytes (all of
+    SmolLM2-135M's fit in 0.8 GiB: one pass). With recipe.activations.mode "static" the
+    layers' int8 input scales are calibrated too (edgeq.calibrate.static; BERT only).
+    The recipe actually applied (with the allocation) is stored in dst's metadata under
+    "recipe" and returned with the per-layer reports.
     """
+    from edgeq.calibrate import mixed, static
     from edgeq.format import open_packed, save
     from edgeq.models import build_model
 
     packed = open_packed(Path(src))
-    groups = input_groups(packed.config or {})
-    configs = {name: recipe.for_layer(name) for g in groups for name in g.layers}
-    with_stats = any(_needs_stats(c) for c in configs.values())
-    model = build_model(packed) if with_stats else None
-    if with_stats and samples is None:
+    config = packed.config or {}
+    groups = input_groups(config)
+    static_acts = recipe.activations.mode == "static"
+    if static_acts and config.get("architecture") != "bert":
+        raise UnsupportedError(f"static activation scales run on BERT encoders only; "
+                               f"{config.get('architecture')!r} quantizes activations dynamically")
+    layers = [name for g in groups for name in g.layers]
+    needs = bits is not None or static_acts or any(_needs_stats(recipe.for_layer(n)) for n in layers)
+    model = build_model(packed) if needs else None
+    if needs and samples is None:
         samples = calibration_samples(model, recipe.calibration)
+    chunks = block_chunks(groups, config, gram_memory) if needs else [list(groups)]
+    bars = _Bars(progress)
+    cached: dict[str, InputStats] | None = None
+
+    def stats_of(chunk, what):
+        nonlocal cached
+        if cached is not None:
+            return cached
+        bar = bars.bar(len(samples), f"calibrating {what}", "sample")
+        try:
+            stats = collect_stats(model, samples, chunk, on_samples=bar.update if bar else None)
+        finally:
+            if bar:
+                bar.close()
+        if len(chunks) == 1:
+            cached = stats
+        return stats
+
+    if bits is not None:
+        sizes, errors = {}, {}
+        for i, chunk in enumerate(chunks):
+            units = _units(chunk, recipe)
+            floats = {n: _float(packed[n]) for u in units for n in u}
+            s, e = mixed.relative_errors(floats, stats_of(chunk, f"pass {i + 1}/{len(chunks)}"), units)
+            sizes.update(s)
+            errors.update(e)
+        recipe = mixed.budget_recipe(recipe, sizes, errors, _units(groups, recipe), bits)
+        log.info("mixed precision for %.3f bits per weight: %d layer overrides", bits,
+                 len(recipe.overrides))
+
     tensors = {name: packed[name] for name in packed}
-    reports = []
-    blocks = sorted({g.block for g in groups})
-    for start in range(0, len(blocks), blocks_per_pass):
-        chunk = [g for g in groups if g.block in blocks[start:start + blocks_per_pass]]
-        stats = collect_stats(model, samples, chunk) if with_stats else {}
-        result = quantize_tensors(tensors, stats, recipe, chunk)
-        tensors.update(result.tensors)
-        reports += result.reports
-        log.info("quantized blocks %s", blocks[start:start + blocks_per_pass])
-    metadata = dict(packed.metadata, recipe=recipe.to_json())
+    reports: list[LayerReport] = []
+    bar = bars.bar(len(layers), "quantizing", "layer")
+    try:
+        for i, chunk in enumerate(chunks):
+            chunk_layers = [n for g in chunk for n in g.layers]
+            stats = (stats_of(chunk, f"pass {i + 1}/{len(chunks)}")
+                     if any(_needs_stats(recipe.for_layer(n)) for n in chunk_layers) else {})
+            result = quantize_tensors(tensors, stats, recipe, chunk,
+                                      on_layer=(lambda name: bar.update(1)) if bar else None)
+            tensors.update(result.tensors)
+            reports += result.reports
+            log.info("quantized blocks %d..%d", chunk[0].block, chunk[-1].block)
+    finally:
+        if bar:
+            bar.close()
+    if static_acts:
+        tensors.update(static.calibrate_scales(model, samples, groups, recipe.activations))
+    metadata = dict(packed.metadata or {}, recipe=recipe.to_json())
+    if bits is not None:
+        metadata["bits_budget"] = bits
     save(Path(dst), tensors, config=packed.config, tokenizer=packed.tokenizer, metadata=metadata)
-    return reports
+    return recipe, reports

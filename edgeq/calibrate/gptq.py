@@ -31,6 +31,12 @@ that moment (weights beyond the current lazy block first receive the updates sti
 for them, so the fit sees exactly what an unbatched sweep would see).
 
 With H = I and damp = 0 nothing moves (U = I), and GPTQ is round to nearest exactly.
+
+Grid search (grid_search=True, the reference code's `mse` option): instead of the group's own
+min and max, its grid covers [r lo, r hi] for the r in 1 - i/GRID_STEPS, i = 0 ..
+GRID_STEPS * GRID_MAX_SHRINK, with the least sum |w - dequant(w)|**GRID_NORM over the group's
+weights (per row; ties keep the wider grid). Clipping a few large weights buys a finer step
+for the others, and GPTQ then spreads the clipped error onto later columns.
 """
 
 from __future__ import annotations
@@ -41,13 +47,19 @@ from edgeq.calibrate.grid import Grid
 from edgeq.errors import FormatError
 from edgeq.qtypes import QTensor
 
+#: grid search: shrink steps, the largest shrink, and the error norm (as in the reference code)
+GRID_STEPS = 100
+GRID_MAX_SHRINK = 0.2
+GRID_NORM = 2.4
+
 def gptq(w, hessian, grid: Grid = Grid(), *, damp: float = 0.01, block_size: int = 128,
-         act_order: bool = False) -> QTensor:
+         act_order: bool = False, grid_search: bool = False) -> QTensor:
     """Quantize w (n, k) to `grid` with GPTQ, given the layer's Hessian H = 2 X^T X / rows (k, k).
 
     damp: added to the diagonal as a fraction of its mean (0.01 in the paper).
     block_size: columns per lazy batch (128 in the paper); does not change the result.
     act_order: visit columns by decreasing H[j, j] (see the module docstring for groups).
+    grid_search: fit each group's grid by the clipping search of the module docstring.
     """
     g = grid.groups(w)
     weights = g.reshape(g.shape[0], -1).astype(np.float64)
@@ -67,7 +79,7 @@ def gptq(w, hessian, grid: Grid = Grid(), *, damp: float = 0.01, block_size: int
     h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
     u = _inverse_cholesky_upper(h, damp)
 
-    codes = _sweep(weights, u, grid, order, block_size)
+    codes = _sweep(weights, u, grid, order, block_size, grid_search)
     q = np.empty_like(codes.values)
     q[:, order] = codes.values
     return grid.qtensor(q, codes.scales, codes.mins)
@@ -85,7 +97,7 @@ class _Codes:
 
 
 def _sweep(weights: np.ndarray, u: np.ndarray, grid: Grid, order: np.ndarray,
-           block_size: int) -> _Codes:
+           block_size: int, grid_search: bool) -> _Codes:
     """The column sweep over `weights` (n, k) float64, already permuted to visiting order."""
     n, k = weights.shape
     size = grid.group_size
@@ -103,7 +115,7 @@ def _sweep(weights: np.ndarray, u: np.ndarray, grid: Grid, order: np.ndarray,
                 if late.any():  # the lazy updates not yet applied to these columns
                     current[:, late] -= errors[:, :j - start] @ u[start:j][:, cols[late]]
                 current32 = current.astype(np.float32)
-                scales, mins = grid.fit(current32.min(axis=1), current32.max(axis=1))
+                scales, mins = (_searched_grid if grid_search else _minmax_grid)(grid, current32)
                 out.scales[:, group] = scales
                 if mins is not None:
                     out.mins[:, group] = mins
@@ -122,6 +134,27 @@ def _sweep(weights: np.ndarray, u: np.ndarray, grid: Grid, order: np.ndarray,
             out.values[:, j] = q
         weights[:, stop:] -= errors @ u[start:stop, stop:]
     return out
+
+
+def _minmax_grid(grid: Grid, g: np.ndarray):
+    return grid.fit(g.min(axis=1), g.max(axis=1))
+
+
+def _searched_grid(grid: Grid, g: np.ndarray):
+    """Per row of g (n, G): the shrunk grid with the least |error|**GRID_NORM."""
+    lo, hi = g.min(axis=1), g.max(axis=1)
+    best_scales, best_mins = grid.fit(lo, hi)
+    best_err = np.full(g.shape[0], np.inf)
+    for i in range(int(GRID_STEPS * GRID_MAX_SHRINK) + 1):
+        r = np.float32(1 - i / GRID_STEPS)
+        scales, mins = grid.fit(lo * r, hi * r)
+        err = (np.abs(g - grid.values(grid.codes(g, scales, mins), scales, mins)) ** GRID_NORM).sum(axis=1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_scales = np.where(better, scales, best_scales)
+        if mins is not None:
+            best_mins = np.where(better, mins, best_mins)
+    return best_scales, best_mins
 
 
 def _checked_hessian(hessian, k: int) -> np.ndarray:

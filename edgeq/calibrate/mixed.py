@@ -15,10 +15,17 @@ a multiple-choice knapsack, solved by dynamic programming over the budget in who
     rounded   otherwise u = budget / resolution and every cost is rounded *up* to whole units:
               still never over the budget, optimal for the rounded costs, and wasting less
               than (layers / resolution) of the budget
+
+budget_recipe ties it to a Recipe: each linear layer (or, for AWQ, each input group, whose
+layers must share a grid) is scored by the *relative* output error of round to nearest,
+||X (W - Q_c)^T||^2 / ||X W^T||^2 (scale-free, so layers with large outputs do not crowd out
+the rest), and the allocation is written as overrides with exact layer names that change
+only qtype, group size and symmetry: the recipe's algorithm still quantizes every layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 from typing import Mapping
@@ -26,7 +33,14 @@ from typing import Mapping
 import numpy as np
 
 from edgeq.calibrate.grid import Grid
-from edgeq.calibrate.stats import output_error
+from edgeq.calibrate.recipe import Override, Recipe
+from edgeq.calibrate.stats import InputStats, output_error
+
+#: candidate grids of budget_recipe by default: 2 to 4 bits, asymmetric (int2 symmetric has
+#: only the 3 levels {-d, 0, d})
+DEFAULT_CANDIDATES = {f"{q} g{g}": Grid(q, g, False) for q, g in
+                      (("int2", 32), ("int2", 64), ("int3", 32), ("int3", 64), ("int3", 128),
+                       ("int4", 32), ("int4", 64), ("int4", 128))}
 
 
 def sensitivities(w, gram: np.ndarray, candidates: Mapping[str, Grid]) -> dict[str, float]:
@@ -109,3 +123,38 @@ def _common_unit(values: list[Fraction]) -> Fraction:
     numerator = math.gcd(*(v.numerator for v in values))
     denominator = math.lcm(*(v.denominator for v in values))
     return Fraction(numerator, denominator)
+
+
+def relative_errors(weights: Mapping[str, np.ndarray], stats: Mapping[str, InputStats],
+                    units: list[tuple[str, ...]], candidates: Mapping[str, Grid] = DEFAULT_CANDIDATES
+                    ) -> tuple[dict[str, int], dict[str, dict[str, float]]]:
+    """Sizes and sensitivities of `units` (tuples of layer names quantized alike), keyed by
+    each unit's first name: weights and relative RTN output error summed over its layers.
+    Candidates whose group size does not divide a layer's k are left out for that unit."""
+    sizes, errors = {}, {}
+    for unit in units:
+        key = unit[0]
+        sizes[key] = sum(int(np.asarray(weights[n]).size) for n in unit)
+        errors[key] = {}
+        mats = [np.asarray(weights[n], dtype=np.float32) for n in unit]
+        energies = [max(output_error(w, np.zeros_like(w), stats[n].gram), 1e-30) for n, w in zip(unit, mats)]
+        for cand, grid in candidates.items():
+            if any(w.shape[1] % grid.group_size for w in mats):
+                continue
+            errors[key][cand] = sum(output_error(w, grid.rtn(w).dequantize(), stats[n].gram) / energy
+                                    for n, w, energy in zip(unit, mats, energies))
+    return sizes, errors
+
+
+def budget_recipe(recipe: Recipe, sizes: Mapping[str, int], errors: Mapping[str, Mapping[str, float]],
+                  units: list[tuple[str, ...]], budget: float,
+                  candidates: Mapping[str, Grid] = DEFAULT_CANDIDATES) -> Recipe:
+    """`recipe` plus overrides giving each unit the candidate grid `allocate` chooses under
+    `budget` bits per weight (sizes, errors: from relative_errors)."""
+    picked = allocate(sizes, errors, {c: g.bits_per_weight for c, g in candidates.items()}, budget)
+    overrides = []
+    for unit in units:
+        grid = candidates[picked[unit[0]]]
+        overrides += [Override(n, qtype=grid.qtype, group_size=grid.group_size, symmetric=grid.symmetric)
+                      for n in unit]
+    return dataclasses.replace(recipe, overrides=recipe.overrides + tuple(overrides))

