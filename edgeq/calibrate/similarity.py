@@ -79,15 +79,15 @@ def describe(path: Path) -> tuple[str, float | None]:
 def embed_similarity(reference, models: Sequence, texts: Sequence[str] | None = None,
                      batch_size: int = 32) -> list[SimilarityRow]:
     """One row per model file: cosine of its embeddings of `texts` to those of `reference`."""
-    from edgeq.calibrate import static
+    import edgeq
 
     texts = default_texts() if texts is None else list(texts)
     if not texts:
         raise ValueError("no texts to embed")
-    expected = static.load(reference).embed(texts, batch_size=batch_size)
+    expected = edgeq.load(reference).embed(texts, batch_size=batch_size)
     rows = []
     for path in map(Path, models):
-        got = static.load(path).embed(texts, batch_size=batch_size)
+        got = edgeq.load(path).embed(texts, batch_size=batch_size)
         cos = cosines(got, expected)
         method, bits = describe(path)
         rows.append(SimilarityRow(path, method, bits, path.stat().st_size / 2**20,

@@ -17,7 +17,7 @@ scale = T / 127 (observers.activation_scale). Stored per layer as the float32 te
 "<layer>.input_scale" (e.g. "blk.0.attn_qkv.input_scale", shape (k/block,) or (1,)), next to
 the weight "<layer>.weight"; the recipe in the metadata says how they were made.
 
-Run time (install / load): BERT's Dense layers take the scales (Dense.act_scale, passed to
+Run time (install, called by edgeq.load when the file has such tensors): BERT's Dense layers take the scales (Dense.act_scale, passed to
 edgeq.linear as act_scale). The llama decoder has no static hook yet (UnsupportedError).
 Integer requantization between layers (int8 outputs feeding the next layer without a float
 round trip) is not done: each layer still returns float32.
@@ -35,10 +35,11 @@ from edgeq.calibrate.observers import activation_scale, observe
 from edgeq.calibrate.recipe import ActivationConfig
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.linear import activation_block
+from edgeq.loader import STATIC_SCALE_SUFFIX
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".input_scale"
+SUFFIX = STATIC_SCALE_SUFFIX
 #: input rows kept per layer for the observers (percentile, MSE and KL need the values)
 MAX_ROWS = 8192
 #: BERT Dense attribute -> layer name suffix
@@ -133,16 +134,3 @@ def install(model, tensors: Mapping) -> int:
                 dense.act_scale = scales
                 count += 1
     return count
-
-
-def load(path, **options):
-    """edgeq.load(path) with the file's static activation scales installed (if it has any)."""
-    import edgeq
-    from edgeq.format import open_packed
-
-    model = edgeq.load(path, **options)
-    if hasattr(model, "layers") or hasattr(model, "blocks"):
-        count = install(model, open_packed(getattr(model, "path", path)))
-        if count:
-            log.info("%s: static int8 activations on %d layers", path, count)
-    return model

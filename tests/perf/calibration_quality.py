@@ -259,7 +259,7 @@ def run_bert(args) -> None:
     floats = {n: np.asarray(packed[n]) for n in packed}
 
     def score(name, path, **extra):
-        m = static.load(path)
+        m = edgeq.load(path)
         emb = m.embed(texts)
         cos = np.sum(emb * reference, axis=1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(reference, axis=1))
         results.add({"name": name, "mean_cos": float(cos.mean()), "min_cos": float(cos.min()),
