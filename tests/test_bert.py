@@ -29,6 +29,7 @@ import edgeq
 from edgeq.converters.hf_import import convert_hf
 from edgeq.embed import embed_cli, l2_normalize, length_batches, pool, similarity_cli
 from edgeq.errors import FormatError, UnsupportedError
+from edgeq.kernels.reference import quantize_activations
 from edgeq.models import bert
 from edgeq.models.bert import BatchLayout, Dense, erf, gelu
 
@@ -119,6 +120,28 @@ def test_fast_attention_and_layer_norm(lengths, heads, spread, seed):
         want = bert.add_layer_norm(x.copy(), r, w, b, 1e-12)
         np.testing.assert_allclose(bert._layer_norm_fast(x.copy(), r, w, b, 1e-12), want,
                                    rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+@needs_numba
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.sampled_from([8, 32, 96]), st.sampled_from([1e-42, 1e-3, 1.0, 1e4]),
+       st.integers(0, 2**31))
+def test_fused_quantizer_is_the_reference_rule(m, block, spread, seed):
+    """_quantize_rows (the int8 path's in-kernel quantizer) gives the reference codes and
+    scales bit for bit, zero blocks included, and flags NaN and inf."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((m, 2 * block)) * spread).astype(np.float32)
+    x[0, :block] = 0
+    x[-1, -1] = -np.abs(x[-1]).max() * 1.5  # a negative maximum
+    q, s = np.empty(x.shape, np.int8), np.empty((m, 2), np.float32)
+    assert bert._quantize_rows(x, block, q, s)
+    want_q, want_s = quantize_activations(x, block)
+    np.testing.assert_array_equal(q, want_q)
+    np.testing.assert_array_equal(s, want_s)
+    for bad in (np.inf, -np.inf, np.nan):
+        y = x.copy()
+        y[-1, 0] = bad
+        assert not bert._quantize_rows(y, block, q, s)
 
 
 # --- batching and pooling -----------------------------------------------------------------------
@@ -310,6 +333,23 @@ def test_fast_path_matches_numpy_reference(tmp_path):
         edgeq.load(tmp_path / "nan.eqm").embed(TEXTS)
 
 
+@needs_numba
+def test_fused_int8_path_matches_per_layer_path(tmp_path):
+    """token_states_q8 (bias and quantization inside the fused kernels) gives the embeddings of
+    the per-layer int8 path (Dense.__call__: quantize_act, matmul, bias); a NaN bias raises."""
+    folder, _ = tiny_bert_folder(tmp_path / "hf")
+    path = convert_hf(folder, tmp_path / "tiny8.eqm", qtype="int8")
+    fused, layered = edgeq.load(path), edgeq.load(path)
+    assert fused._q8_ready
+    layered._q8_ready = False
+    for batch_size in (1, 3):
+        np.testing.assert_allclose(fused.embed(TEXTS, batch_size), layered.embed(TEXTS, batch_size),
+                                   rtol=0, atol=1e-6)
+    fused.layers[1].up.bias = np.full_like(fused.layers[1].up.bias, np.nan)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fused.embed(TEXTS)
+
+
 def test_padding_never_reaches_per_token_layers(tmp_path, monkeypatch):
     """Linear layers only ever see real tokens, so padding cannot enter activation scales; a
     text gets the same embedding alone and padded in a batch."""
@@ -318,10 +358,12 @@ def test_padding_never_reaches_per_token_layers(tmp_path, monkeypatch):
     texts = ["one two three four five six seven eight", "one two three", "one two three four five"]
     lengths = [len(model.tokenizer.encode(t)) for t in texts]
     rows_seen = []
-    call = Dense.__call__
+    call, call_q8 = Dense.__call__, Dense.matmul_q8
     monkeypatch.setattr(Dense, "__call__", lambda self, x: rows_seen.append(x.shape[0]) or call(self, x))
+    monkeypatch.setattr(Dense, "matmul_q8",
+                        lambda self, xq, xs: rows_seen.append(xq.shape[0]) or call_q8(self, xq, xs))
     batched = model.embed(texts, batch_size=3)
-    assert set(rows_seen) == {sum(lengths)}
+    assert rows_seen and set(rows_seen) == {sum(lengths)}
     layout = BatchLayout.of(sorted(lengths, reverse=True))
     assert len(layout.groups) == 1 and layout.groups[0].index is not None  # one padded grid
     alone = np.stack([model.embed([t])[0] for t in texts])
