@@ -348,8 +348,16 @@ def calibration_samples(model, settings) -> np.ndarray:
         def encode(text):
             return tokenizer.encode(text, add_special=False)
     tokens = data.tokenize(data.load_text(settings.source), encode)
-    return data.calibration_samples(tokens, settings.samples, settings.seq_len, settings.seed,
+    seq_len = min(settings.seq_len, model_max_tokens(model))
+    if seq_len < settings.seq_len:
+        log.info("calibration windows of %d tokens: the model takes at most that many", seq_len)
+    return data.calibration_samples(tokens, settings.samples, seq_len, settings.seed,
                                     holdout=settings.source == data.BUILTIN)
+
+
+def model_max_tokens(model) -> int:
+    """Tokens one calibration window may hold: the decoder's context, the encoder's limit."""
+    return model.context_length if hasattr(model, "blocks") else model.spec.max_tokens
 
 
 def gram_bytes(groups: Sequence[InputGroup], config: Mapping) -> int:
