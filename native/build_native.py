@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: -ffp-contract=off: no fused multiply-add, so float results match the reference's operations
 COMMON_FLAGS = ["-O2", "-std=gnu11", "-ffp-contract=off"]
-PORTABLE_SOURCES = ["kernels_scalar.c", "engine.c", "dispatch.c", "threadpool.c"]
+PORTABLE_SOURCES = ["kernels_scalar.c", "engine.c", "dispatch.c", "threadpool.c", "steps.c"]
 _AVX2 = ["-mavx2", "-mf16c", "-mpopcnt"]
 SIMD_SOURCES = {
     "x86_64": {
@@ -55,6 +55,25 @@ int32_t eq_pool_workers(void);
 int eq_quantize_q8(const float *x, int64_t m, int64_t k, int64_t block, int8_t *q, float *scales);
 int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m, int64_t kb,
                         int64_t k, int32_t *out, int32_t threads);
+
+/* the llama decoder's fused steps (steps.h) */
+void eq_floats_to_halves(const float *x, int64_t n, uint16_t *out);
+int eq_step_quantize_row(const float *h, int64_t k, int64_t block, int8_t *q, float *scales);
+int eq_step_norm_quantize(float *x, const float *delta, int64_t rows, int64_t d,
+                          const float *weight, double eps, int64_t block, int8_t *xq, float *xs,
+                          float *work);
+int64_t eq_step_attend_work(int64_t rows, int64_t n_heads, int64_t n_kv, int64_t head_dim,
+                            int64_t end);
+int eq_step_attend_quantize(const float *q, int64_t q_stride, const float *k, int64_t k_stride,
+                            const float *v, int64_t v_stride, int64_t rows, int64_t n_heads,
+                            int64_t n_kv, int64_t head_dim, int64_t start, const float *cos,
+                            const float *sin, int64_t rope_dim, int32_t neox, float scale,
+                            uint16_t *keys, int64_t n_blocks, int64_t key_block, uint16_t *values,
+                            int64_t capacity, int64_t block, int8_t *xq, float *xs, float *work,
+                            int64_t work_len, int32_t threads);
+int eq_step_swiglu_quantize(const float *gate, int64_t gate_stride, const float *up,
+                            int64_t up_stride, int64_t rows, int64_t f, int64_t block,
+                            int8_t *xq, float *xs, float *work);
 """
 KINDS = ("int8", "int8_asym", "int4", "int4_asym", "ternary_2bit", "ternary_base3", "binary",
          "pow2")
@@ -95,9 +114,9 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "edgeq._native",
-    '#include "edgeq_native.h"',
+    '#include "edgeq_native.h"\n#include "steps.h"',
     sources=[_rel(name) for name in PORTABLE_SOURCES + list(simd_sources())],
     include_dirs=[_rel(".")],
     extra_compile_args=COMMON_FLAGS,
-    libraries=["pthread"],
+    libraries=["pthread", "m"],  # libm: steps.c calls expf
 )

@@ -6,6 +6,9 @@ consistency, context limits), the conversion cache and chat templates.
 from __future__ import annotations
 
 import importlib.resources
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,12 +278,243 @@ def test_fast_path_matches_the_numpy_path(tmp_path, qtype):
     """The Numba steps compute the numpy path's formulas: same logits up to float rounding
     (sums in another order, so int8 activations may round a step apart now and then)."""
     path, _, _ = tiny_model(tmp_path, qtype=qtype)
-    fast, plain = edgeq.load(path), edgeq.load(path, numba_steps=False)
+    fast, plain = edgeq.load(path), edgeq.load(path, fused_steps=False)
     assert fast.fast_path and not plain.fast_path
     assert not edgeq.load(path, kv_dtype="int8").fast_path
     ids = [3, 17, 5, 39, 0, 22, 8, 8, 11, 2]
     a, b = fast.logits(ids), plain.logits(ids)
     np.testing.assert_allclose(a, b, rtol=0, atol=0.05 * np.abs(b).max())
+
+
+# --- the C steps (edgeq.models.llama_native_steps): the Numba steps' bits -------------------
+def _both_steps():
+    """(C steps, Numba steps), skipping where either is missing."""
+    native = pytest.importorskip("edgeq.models.llama_native_steps")
+    pytest.importorskip("numba")
+    from edgeq.models import llama_steps
+    return native.NativeSteps(), llama_steps
+
+
+def _values(rng, shape, spread):
+    return (rng.standard_normal(shape) * spread).astype(np.float32)
+
+
+def test_native_half_rounding_matches_numpy():
+    """float32 -> binary16 bits as the KV cache stores them: numpy's astype(float16) (round to
+    nearest even; subnormals, ties, overflow to inf)."""
+    from edgeq._native import ffi, lib
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 2**32, 300_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    halves = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    exact = halves[np.isfinite(halves)].astype(np.float32)
+    x = np.concatenate([raw[np.isfinite(raw)], exact, exact + np.float32(2**-25) * np.abs(exact),
+                        np.float32([65504, 65519.99, 65520, 1e-8, -6e-8, 3e-8, 2**-25, np.inf,
+                                    -np.inf])]).astype(np.float32)
+    out = np.empty(x.shape, np.uint16)
+    lib.eq_floats_to_halves(ffi.from_buffer("float[]", x), x.size,
+                            ffi.from_buffer("uint16_t[]", out))
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(out, x.astype(np.float16).view(np.uint16))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.sampled_from([1, 8, 32, 40]), st.integers(0, 2**32 - 1),
+       st.floats(1e-30, 1e30))
+def test_native_quantization_is_the_reference_rule(blocks, block, seed, spread):
+    pytest.importorskip("edgeq.models.llama_native_steps")
+    from edgeq._native import ffi, lib
+    from edgeq.kernels import reference as ref
+    rng = np.random.default_rng(seed)
+    h = _values(rng, blocks * block, spread)
+    if seed % 3 == 0:  # an all-zero block: scale 0, codes 0
+        h[:block] = 0
+    q, scales = np.empty(h.shape, np.int8), np.empty(blocks, np.float32)
+    args = (ffi.from_buffer("int8_t[]", q), ffi.from_buffer("float[]", scales))
+    assert lib.eq_step_quantize_row(ffi.from_buffer("float[]", h), h.size, block, *args) == 1
+    want_q, want_s = ref.quantize_activations(h[None], block)
+    np.testing.assert_array_equal(q, want_q[0])
+    np.testing.assert_array_equal(scales, want_s[0])
+    h[-1] = np.nan
+    assert lib.eq_step_quantize_row(ffi.from_buffer("float[]", h), h.size, block, *args) == 0
+    assert lib.eq_step_quantize_row(ffi.from_buffer("float[]", h), h.size, 0, *args) == -1
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 3), blocks=st.integers(1, 4), block=st.sampled_from([4, 32, 0]),
+       spread=st.floats(1e-6, 1e6), residual=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_native_norm_quantize_is_the_numba_step(rows, blocks, block, spread, residual, seed):
+    native, numba = _both_steps()
+    rng = np.random.default_rng(seed)
+    d = blocks * (block or 24)
+    block = block or d  # 0: one block per row
+    x, weight = _values(rng, (rows, d), spread), 1 + np.abs(_values(rng, d, 1))
+    delta = _values(rng, (rows, d), spread) if residual else np.empty((0, d), np.float32)
+    if seed % 4 == 0:  # an all-zero row: scale 0, codes 0
+        x[0], delta = 0, np.empty((0, d), np.float32)
+    results = []
+    for steps in (native, numba):
+        xc, xq = x.copy(), np.empty((rows, d), np.int8)
+        xs = np.empty((rows, d // block), np.float32)
+        results.append((steps.norm_quantize(xc, delta, weight, 1e-5, block, xq, xs), xc, xq, xs))
+    (ok_a, *a), (ok_b, *b) = results
+    assert ok_a and ok_b
+    for got, want in zip(a, b):
+        np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 3), f=st.sampled_from([8, 32, 96]), spread=st.floats(1e-3, 200),
+       strided=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_native_swiglu_quantize_is_the_numba_step(rows, f, spread, strided, seed):
+    """Equal bits because both call the C library's expf (Numba with Intel SVML would
+    vectorize exp with its own approximation: skipped there)."""
+    native, numba = _both_steps()
+    if __import__("numba").config.USING_SVML:
+        pytest.skip("Numba uses SVML's exp")
+    rng = np.random.default_rng(seed)
+    both = _values(rng, (rows, 2 * f), spread)        # one projection's [gate | up], as fused
+    gate, up = both[:, :f], both[:, f:]
+    out = []
+    for steps, g, u in ((native, gate, up), (numba, gate.copy(), up.copy())):
+        if not strided:
+            g, u = g.copy(), u.copy()
+        xq, xs = np.empty((rows, f), np.int8), np.empty((rows, f // 8), np.float32)
+        assert steps.swiglu_quantize(g, u, 8, xq, xs)
+        out.append((xq, xs))
+    for got, want in zip(*out):
+        np.testing.assert_array_equal(got, want)
+
+
+def _attend_args(rng, n_kv, group, hd, rope_dim, neox, start, rows, key_block, spread):
+    """Arguments of attend_quantize with a cache already holding positions [0, start)."""
+    width = n_kv * group * hd
+    capacity = start + rows + 2
+    n_blocks = -(-capacity // key_block)
+    keys = _values(rng, (n_kv, n_blocks, hd, key_block), spread).astype(np.float16).view(np.uint16)
+    values = _values(rng, (n_kv, capacity, hd), spread).astype(np.float16).view(np.uint16)
+    angles = np.arange(start, start + rows)[:, None] * 0.3 ** np.arange(rope_dim // 2)[None, :]
+    return dict(q=_values(rng, (rows, width), spread), k=_values(rng, (rows, n_kv * hd), spread),
+                v=_values(rng, (rows, n_kv * hd), spread), start=start,
+                cos=np.cos(angles).astype(np.float32), sin=np.sin(angles).astype(np.float32),
+                rope_dim=rope_dim, neox=neox, scale=np.float32(hd ** -0.5), keys=keys,
+                values=values, block=hd, xq=np.empty((rows, width), np.int8),
+                xs=np.empty((rows, width // hd), np.float32))
+
+
+def _fresh(args):
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in args.items()}
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_kv=st.integers(1, 3), group=st.integers(1, 3), hd=st.sampled_from([2, 8, 16]),
+       rope=st.integers(0, 8), neox=st.booleans(), start=st.integers(0, 40),
+       rows=st.integers(1, 4), key_block=st.sampled_from([1, 3, 8, 256]),
+       spread=st.floats(1e-3, 30), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
+def test_native_attend_quantize_is_the_numba_step(n_kv, group, hd, rope, neox, start, rows,
+                                                   key_block, spread, threads, seed):
+    """Same codes, scales and cache bits as the Numba step, whatever the heads, positions,
+    key blocks (positions crossing block edges), RoPE layout and thread count."""
+    from edgeq.kernels import native_backend
+    native, numba = _both_steps()
+    args = _attend_args(np.random.default_rng(seed), n_kv, group, hd, min(2 * rope, hd), neox,
+                        start, rows, key_block, spread)
+    a, b = _fresh(args), _fresh(args)
+    before = native_backend.threads()
+    native_backend.set_threads(threads)
+    try:
+        ok = native.attend_quantize(**a)
+    finally:
+        native_backend.set_threads(before)
+    assert ok == numba.attend_quantize(**b)
+    for name in ("keys", "values", "xq", "xs"):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_native_attend_reads_rows_of_a_fused_projection():
+    native, _ = _both_steps()
+    args = _attend_args(np.random.default_rng(3), 2, 2, 8, 8, False, 5, 3, 4, 1.0)
+    qkv = np.concatenate([args["q"], args["k"], args["v"]], axis=1)   # (T, [q | k | v])
+    views = _fresh(args)
+    views.update(q=qkv[:, :32], k=qkv[:, 32:48], v=qkv[:, 48:])
+    contiguous = _fresh(args)
+    assert native.attend_quantize(**views) and native.attend_quantize(**contiguous)
+    for name in ("keys", "values", "xq", "xs"):
+        np.testing.assert_array_equal(views[name], contiguous[name])
+
+
+def test_native_steps_report_values_that_are_not_finite():
+    native, numba = _both_steps()
+    args = _attend_args(np.random.default_rng(4), 1, 2, 8, 8, True, 2, 2, 4, 1.0)
+    args["q"][1, 3] = np.nan
+    assert not native.attend_quantize(**_fresh(args)) and not numba.attend_quantize(**_fresh(args))
+    x = np.ones((2, 8), np.float32)
+    x[1, 2] = np.inf
+    out = np.empty((2, 8), np.int8), np.empty((2, 1), np.float32)
+    assert not native.norm_quantize(x, np.empty((0, 8), np.float32), np.ones(8, np.float32),
+                                    1e-5, 8, *out)
+    gate = np.full((2, 8), -np.inf, np.float32)
+    assert not native.swiglu_quantize(gate, np.ones((2, 8), np.float32), 8, *out)
+
+
+def test_native_steps_check_their_arguments():
+    """Anything the C code could read or write out of bounds is a ValueError first."""
+    native, _ = _both_steps()
+    good = _attend_args(np.random.default_rng(5), 2, 2, 8, 8, False, 3, 2, 4, 1.0)
+    capacity = good["values"].shape[1]
+    bad = [dict(start=capacity - 1), dict(start=-1), dict(q=good["q"][:, :-8]),
+           dict(k=good["k"].astype(np.float64)), dict(v=good["v"][:1]),
+           dict(cos=good["cos"][:, :2]),
+           dict(keys=good["keys"][:, :1]), dict(values=good["values"].astype(np.int16)),
+           dict(xq=good["xq"][:, :8]), dict(xs=np.empty((2, 3), np.float32)), dict(block=5),
+           dict(rope_dim=10), dict(rope_dim=3), dict(q=np.asfortranarray(good["q"])),
+           dict(q=good["q"][:, ::2]), dict(xq=np.zeros_like(good["xq"])[::-1])]
+    readonly = good["xq"].copy()
+    readonly.flags.writeable = False
+    bad.append(dict(xq=readonly))
+    for change in bad:
+        with pytest.raises(ValueError):
+            native.attend_quantize(**{**_fresh(good), **change})
+    x, w = np.ones((2, 8), np.float32), np.ones(8, np.float32)
+    xq, xs = np.empty((2, 8), np.int8), np.empty((2, 1), np.float32)
+    none = np.empty((0, 8), np.float32)
+    for args in [(x, none, w[:4], 1e-5, 8, xq, xs), (x, x[:1], w, 1e-5, 8, xq, xs),
+                 (x, none, w, 1e-5, 3, xq, xs), (x, none, w, 1e-5, 8, xq[:1], xs),
+                 (x.T, none, w, 1e-5, 8, xq, xs), ([[1.0] * 8], none, w, 1e-5, 8, xq, xs)]:
+        with pytest.raises(ValueError):
+            native.norm_quantize(*args)
+    for args in [(x, x[:, :4], 8, xq, xs), (x, x, 8, xq, xs[:, :0]), (x, x, 0, xq, xs),
+                 (x, x.astype(np.float16), 8, xq, xs)]:
+        with pytest.raises(ValueError):
+            native.swiglu_quantize(*args)
+
+
+@pytest.mark.parametrize("variant", ["llama", "qwen2-biases-neox-untied", "partial-rope-scaled"])
+def test_native_fast_path_gives_the_numba_fast_paths_bits(tmp_path, variant):
+    pytest.importorskip("edgeq.models.llama_native_steps")
+    path, _, _ = tiny_model(tmp_path, qtype="int4", **VARIANTS[variant])
+    native, numba = edgeq.load(path, fused_steps="native"), edgeq.load(path, fused_steps="numba")
+    assert (native.steps_backend, numba.steps_backend) == ("native", "numba")
+    ids = [3, 17, 5, 39, 0, 22, 8, 8, 11, 2]
+    np.testing.assert_array_equal(native.logits(ids), numba.logits(ids))
+    cache = native.new_cache(16)
+    steps = [native.forward(ids[:4], cache, all_logits=True)]
+    steps += [native.forward([i], cache, all_logits=True) for i in ids[4:]]
+    np.testing.assert_array_equal(np.concatenate(steps), numba.logits(ids))
+    with pytest.raises(ValueError, match="fused_steps"):
+        edgeq.load(path, fused_steps="fast")
+
+
+def test_native_steps_do_not_import_numba(tmp_path):
+    """Numba's import (about 125 MiB and half a second) is left out when the C steps run."""
+    pytest.importorskip("edgeq.models.llama_native_steps")
+    path, _, _ = tiny_model(tmp_path, qtype="int8")
+    code = ("import sys\nfrom edgeq.format import open_packed\nfrom edgeq.models.llama import "
+            f"LlamaModel\nm = LlamaModel(open_packed({str(path)!r}))\nm.logits([1, 2, 3])\n"
+            "print(m.steps_backend, 'numba' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "EDGEQ_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
+    assert out == ["native", "False"]
 
 
 # --- the real model ----------------------------------------------------------------------
@@ -307,7 +541,7 @@ def test_fast_path_agrees_with_the_numpy_path_on_smollm2(smol_path, smol):
     assert smol.fast_path
     ids = PROMPT_IDS + [PARIS, 30, 260, 3575]
     a = smol.logits(ids).astype(np.float64)
-    b = edgeq.load(smol_path, numba_steps=False).logits(ids).astype(np.float64)
+    b = edgeq.load(smol_path, fused_steps=False).logits(ids).astype(np.float64)
     cos = (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
     # the two paths round activations to int8 from differently-summed floats, so they part
     # about as far as edgeq and llama.cpp do (cosine 0.998 at worst over the chat prompts)

@@ -19,13 +19,15 @@ def register(*names: str):
 
 
 def build_model(packed, **options):
-    for module in FAMILIES:
+    arch = packed.config["architecture"]
+    for module in FAMILIES:  # only until the architecture is known: a family's imports cost
+        if arch in ARCHITECTURES:
+            break
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:
             if e.name != module:
                 raise
-    arch = packed.config["architecture"]
     if arch not in ARCHITECTURES:
         raise UnsupportedError(f"{packed.path}: architecture {arch!r} is not supported; "
                                f"known: {', '.join(sorted(ARCHITECTURES)) or 'none'}")

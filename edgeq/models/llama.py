@@ -45,6 +45,7 @@ and logits = Wout . (rmsnorm(x) * output_norm).
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -59,15 +60,27 @@ from edgeq.qtypes import QTensor
 
 log = logging.getLogger(__name__)
 
-try:  # the fast path's fused elementwise steps; without Numba the numpy path runs
-    from edgeq.models import llama_steps
-except ImportError as e:  # pragma: no cover - platforms without Numba
-    llama_steps = None
-    _STEPS_MISSING = f"{type(e).__name__}: {e}"
-
 ROPE_TYPES = ("norm", "neox")
 #: prompt positions processed per forward pass; bounds the attention scores' memory
 BATCH_SIZE = 256
+#: implementations of the fast path's fused steps, best first: C, then Numba
+STEPS = ("native", "numba")
+
+
+def load_steps(name: str):
+    """The fused steps `name` ("native": NativeSteps of edgeq.models.llama_native_steps,
+    "numba": the module edgeq.models.llama_steps), or the reason they are unavailable.
+
+    Imported only when asked for: importing Numba costs about 125 MiB of memory and half a
+    second, which the C steps avoid."""
+    try:
+        if name == "native":
+            from edgeq.models.llama_native_steps import NativeSteps
+            return NativeSteps(), None
+        from edgeq.models import llama_steps
+        return llama_steps, None
+    except (ImportError, OSError) as e:
+        return None, f"{type(e).__name__}: {e}"
 
 
 @dataclass(frozen=True)
@@ -183,16 +196,20 @@ class LlamaModel:
     decoded token with the numba and native kernels) but costs 41.5 MiB of copied weights
     (repacked_bytes) next to the 96 MiB memory map.
 
-    numba_steps: run the work between matrix products as the fused Numba steps of
-    edgeq.models.llama_steps (four calls per block; each activation quantized once and the
-    result shared by every matrix that reads it). It applies when every matrix is a QTensor
-    and the KV cache is float16 (`fast_path` says whether it is used); otherwise, or with
-    False, the numpy path below runs. The backend is resolved once, at load.
+    fused_steps: run the work between matrix products as fused steps (four calls per block;
+    each activation quantized once and the result shared by every matrix that reads it):
+    the C steps (edgeq.models.llama_native_steps) when the extension has them, else the
+    Numba steps (edgeq.models.llama_steps), which give the same bits. True picks the best
+    one the kernel backend allows (native: C then Numba; numba: Numba; numpy: none);
+    "native" or "numba" asks for one (UnsupportedError if it is missing). They apply when
+    every matrix is a QTensor and the KV cache is float16; otherwise, or with False, the
+    numpy path below runs. `fast_path` says whether the steps run, `steps_backend` which
+    ("native", "numba" or None). The backend is resolved once, at load.
     """
 
     def __init__(self, packed, *, context_length: int | None = None, kv_dtype: str = "float16",
                  backend: str | None = None, fuse_projections: bool = False,
-                 numba_steps: bool = True):
+                 fused_steps: bool | str = True):
         where = f"{packed.path}: config"
         self.config = c = LlamaConfig.from_dict(packed.config or {}, where)
         limit = c.context_length if context_length is None else int(context_length)
@@ -211,22 +228,48 @@ class LlamaModel:
         self._inv_freq = self._rope_frequencies(packed)
         self._group = c.n_heads // c.n_kv_heads
         self._scale = np.float32(1.0 / np.sqrt(c.head_dim))
-        self.fast_path = numba_steps and self._fast_path_applies()
+        self._steps, self.steps_backend = self._choose_steps(fused_steps)
+        self._layer_views = weakref.WeakKeyDictionary()  # KVCache -> its layers for the steps
+        self.fast_path = self._steps is not None
         if self.fast_path:
             self._matmul = self._matmul_kernels()
+            self._pin(self.output_norm, *(w for b in self.blocks for w in (b.attn_norm,
+                                                                            b.ffn_norm)))
 
     def _matrices(self) -> list:
         return [self.output] + [m for b in self.blocks for m in (*b.qkv, b.wo, *b.gate_up, b.w_down)]
 
-    def _fast_path_applies(self) -> bool:
-        matrices = self._matrices()
-        why = ("Numba is missing (" + _STEPS_MISSING + ")" if llama_steps is None else
-               "the KV cache is not float16" if self.kv_dtype != "float16" else
-               "some matrices are not quantized" if not all(isinstance(m, QTensor) for m in matrices)
-               else None)
-        if why:
-            log.info("%s: the numpy path runs: %s", self.path, why)
-        return why is None
+    def _choose_steps(self, wanted: bool | str) -> tuple:
+        """(steps, name) of the fused steps to run, or (None, None) for the numpy path."""
+        if wanted not in (True, False, *STEPS):
+            raise ValueError(f"fused_steps must be True, False or one of {STEPS}, not {wanted!r}")
+        if wanted is False:
+            return None, None
+        why = ("the KV cache is not float16" if self.kv_dtype != "float16" else
+               "some matrices are not quantized"
+               if not all(isinstance(m, QTensor) for m in self._matrices()) else None)
+        if wanted is True and why is None:
+            backend = backends.resolve(self.backend)
+            names = STEPS[STEPS.index(backend):] if backend in STEPS else ()
+            why = f"the {backend} backend has no fused steps" if not names else None
+        else:
+            names = (wanted,)
+        for name in names if why is None else ():
+            steps, missing = load_steps(name)
+            if steps is not None:
+                return steps, name
+            why = f"{name} steps unavailable ({missing})"
+            log.info("%s: %s", self.path, why)
+        if wanted is not True:
+            raise UnsupportedError(f"{self.path}: fused_steps={wanted!r} cannot run: {why}")
+        log.info("%s: the numpy path runs: %s", self.path, why)
+        return None, None
+
+    def _pin(self, *arrays: np.ndarray) -> None:
+        """Arrays the steps will see again and again (the C steps keep their pointers)."""
+        pin = getattr(self._steps, "pin", None)
+        if pin is not None:
+            pin(*arrays)
 
     def _matmul_kernels(self) -> dict:
         """id(matrix) -> the op table's matmul for its kind on this model's backend."""
@@ -415,19 +458,20 @@ class LlamaModel:
 
     def _forward_steps(self, ids: np.ndarray, cache: KVCache, cos: np.ndarray, sin: np.ndarray,
                        all_logits: bool) -> np.ndarray:
-        """forward() through the Numba steps (llama_steps): per block, norm_quantize ->
+        """forward() through the fused steps (self._steps): per block, norm_quantize ->
         q|k|v -> attend_quantize -> o -> norm_quantize -> gate|up -> swiglu_quantize -> down,
         each activation quantized once into buffers shared by the whole pass."""
-        c, steps, mm = self.config, llama_steps, self._matmul
+        c, steps, mm = self.config, self._steps, self._matmul
         t, start = ids.shape[0], cache.length
         d, qw, kvw = c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
         bd, bq, bf = (activation_block(n, 32) for n in (d, qw, c.ffn_dim))
         xq_d, xs_d = np.empty((t, d), np.int8), np.empty((t, d // bd), np.float32)
         xq_q, xs_q = np.empty((t, qw), np.int8), np.empty((t, qw // bq), np.float32)
         xq_f, xs_f = np.empty((t, c.ffn_dim), np.int8), np.empty((t, c.ffn_dim // bf), np.float32)
-        keys, values = cache.half_bits()
+        layers = self._cache_layers(cache)
         neox, eps = c.rope_type == "neox", c.rms_eps
         x = np.ascontiguousarray(self._embed(ids), dtype=np.float32)
+        self._pin(x, xq_d, xs_d, xq_q, xs_q, xq_f, xs_f, cos, sin)
         delta = np.empty((0, d), np.float32)
 
         def check(finite: bool, what: str) -> None:
@@ -451,8 +495,9 @@ class LlamaModel:
                 q += b.qkv_bias[:qw]
                 k += b.qkv_bias[qw:qw + kvw]
                 v += b.qkv_bias[qw + kvw:]
+            keys, values = layers[i]
             check(steps.attend_quantize(q, k, v, start, cos, sin, c.rope_dim, neox, self._scale,
-                                        keys[i], values[i], bq, xq_q, xs_q), f"block {i} attention")
+                                        keys, values, bq, xq_q, xs_q), f"block {i} attention")
             (o,) = project(xq_q, xs_q, bq, (b.wo,), (d,))
             check(steps.norm_quantize(x, o, b.ffn_norm, eps, bd, xq_d, xs_d), f"block {i} residual")
             gate, up = project(xq_d, xs_d, bd, b.gate_up, (c.ffn_dim, c.ffn_dim))
@@ -464,6 +509,17 @@ class LlamaModel:
                                   xs_d[rows]), "final hidden state")
         logits = mm[id(self.output)](self.output, xq_d[rows], xs_d[rows], bd)
         return logits if all_logits else logits[0]
+
+    def _cache_layers(self, cache: KVCache) -> list:
+        """[(keys, values)] of each layer of a float16 cache as uint16 views (see
+        KVCache.half_bits), made and pinned once per cache."""
+        layers = self._layer_views.get(cache)
+        if layers is None:
+            keys, values = cache.half_bits()
+            layers = [(keys[i], values[i]) for i in range(keys.shape[0])]
+            self._pin(*(a for pair in layers for a in pair))
+            self._layer_views[cache] = layers
+        return layers
 
     def logits(self, token_ids) -> np.ndarray:
         """float32 (len, vocab): the logits after each prefix of token_ids, from an empty

@@ -30,6 +30,10 @@ float rounding, not bit for bit):
   out = sum_i (e_i / sum) v_i in i order.
 
 The steps return False when a value to be quantized is not finite (the caller raises).
+
+native/steps.c (edgeq.models.llama_native_steps) computes the same bits in C, and the model
+prefers it: it needs no JIT and no Numba import. A change to a formula here must be made
+there too; tests/test_llama.py compares the two bit for bit.
 """
 
 from __future__ import annotations

@@ -1,0 +1,356 @@
+/* The llama decoder's fused steps (declared and specified in steps.h).
+ *
+ * Bit-exactness with the Numba steps (edgeq/models/llama_steps.py) rests on:
+ * - the same operations in the same order: every sum runs in index order, each output
+ *   element has its own accumulator (loops over independent elements may be vectorized, a
+ *   reduction never is: no -ffast-math), no fused multiply-add (-ffp-contract=off, set for
+ *   every file by build_native.py; Numba does not contract either without fastmath);
+ * - float32 arithmetic evaluated in float32 (FLT_EVAL_METHOD 0: SSE2, NEON);
+ * - exp from the C library's expf, the function Numba's np.exp on float32 also calls.
+ * The sum of squares of RMSNorm and the softmax denominator are float64, as there.
+ */
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "edgeq_native.h"
+#include "steps.h"
+
+#define ACT_QMAX 127.0f
+
+/* EQ_LANES(i, n, body): body for i in [0, n), as blocks of EQ_LANE_COUNT indices (a loop of
+ * constant length, which compilers vectorize at -O2) and a scalar tail. Only for bodies whose
+ * elements are independent: each element still sees the plain loop's float operations. */
+#define EQ_LANE_COUNT 8
+#define EQ_LANES(i, n, body)                                                      \
+    do {                                                                          \
+        int64_t i##_base = 0;                                                     \
+        for (; i##_base + EQ_LANE_COUNT <= (n); i##_base += EQ_LANE_COUNT)        \
+            for (int i##_lane = 0; i##_lane < EQ_LANE_COUNT; i##_lane++) {        \
+                int64_t i = i##_base + i##_lane;                                  \
+                body;                                                             \
+            }                                                                     \
+        for (int64_t i = i##_base; i < (n); i++)                                  \
+            body;                                                                 \
+    } while (0)
+
+/* Hot elementwise loops are compiled twice on x86-64 Linux with GCC, for AVX2 and for the
+ * baseline, and the loader picks one (ifunc): the same C, so the same float operations,
+ * eight lanes at a time instead of four. Elsewhere this is plain C. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define EQ_STEP_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define EQ_STEP_CLONES
+#endif
+
+/* ---- float32 -> binary16 (widening: the SIMD table's exact halves_to_float) -------------- */
+
+static inline uint16_t float_to_half(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u)                    /* NaN: quiet, top payload bits kept */
+        return sign | 0x7e00u | (uint16_t)((ax >> 13) & 0x1ffu);
+    if (ax >= 0x477ff000u)                   /* >= 65520 (or inf): rounds to inf */
+        return sign | 0x7c00u;
+    if (ax >= 0x38800000u) {                 /* >= 2^-14: normal half */
+        uint32_t r = ax - (112u << 23);
+        r += 0xfffu + ((r >> 13) & 1u);      /* round to nearest even on the 13 dropped bits */
+        return sign | (uint16_t)(r >> 13);
+    }
+    int e = (int)(ax >> 23);                 /* subnormal half: value / 2^-24, rounded */
+    if (e < 102)                             /* below 2^-25: rounds to zero */
+        return sign;
+    uint32_t m = (ax & 0x7fffffu) | 0x800000u;
+    int shift = 126 - e;                     /* 14..24 */
+    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
+    q += rem > half || (rem == half && (q & 1u));
+    return sign | (uint16_t)q;
+}
+
+void eq_floats_to_halves(const float *x, int64_t n, uint16_t *out)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = float_to_half(x[i]);
+}
+
+/* ---- activation quantization ------------------------------------------------------------- */
+
+/* rint half to even of |v| <= 2^22 (quantization codes are within 2 * 127): adding and taking
+ * away 1.5 * 2^23 leaves no fraction bits, so the FPU rounds, to nearest even. */
+static inline float round_even(float v)
+{
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+    const float magic = 12582912.0f;
+    return (v + magic) - magic;
+#else
+    return rintf(v);
+#endif
+}
+
+/* One block: *scale = absmax / 127, q = codes; 0 when a value is not finite. The maximum is
+ * taken over 8 lanes (a maximum does not depend on the order it is taken in) and every code
+ * is computed on its own, so both loops vectorize and give the plain loops' results. */
+EQ_STEP_CLONES static int quantize_block(const float *restrict h, int64_t n, int8_t *restrict q,
+                                         float *scale)
+{
+    float top[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    int bad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = 0;
+    for (; j + EQ_LANE_COUNT <= n; j += EQ_LANE_COUNT) {
+        for (int l = 0; l < EQ_LANE_COUNT; l++) {
+            float a = fabsf(h[j + l]);
+            bad[l] |= !(a <= FLT_MAX);    /* inf, or NaN (every comparison fails) */
+            top[l] = a > top[l] ? a : top[l];
+        }
+    }
+    for (; j < n; j++) {
+        float a = fabsf(h[j]);
+        bad[0] |= !(a <= FLT_MAX);
+        top[0] = a > top[0] ? a : top[0];
+    }
+    for (int l = 1; l < 8; l++) {
+        bad[0] |= bad[l];
+        top[0] = top[l] > top[0] ? top[l] : top[0];
+    }
+    float s = top[0] / ACT_QMAX;
+    *scale = s;
+    if (!(s > 0.0f)) {
+        memset(q, 0, (size_t)n);
+        return !bad[0];
+    }
+    /* the clamps are written as the max/min instructions compute them (NaN -> the bound:
+     * the conversion below never sees one) */
+    EQ_LANES(i, n, {
+        float v = round_even(h[i] / s);
+        v = v > -ACT_QMAX ? v : -ACT_QMAX;
+        v = v < ACT_QMAX ? v : ACT_QMAX;
+        q[i] = (int8_t)(int32_t)v;
+    });
+    return !bad[0];
+}
+
+int eq_step_quantize_row(const float *h, int64_t k, int64_t block, int8_t *q, float *scales)
+{
+    if (k < 0 || block <= 0 || k % block)
+        return EQ_STEP_EARGS;
+    int finite = 1;
+    for (int64_t b = 0; b < k / block; b++)
+        finite &= quantize_block(h + b * block, block, q + b * block, scales + b);
+    return finite;
+}
+
+/* x[i] += d[i] */
+EQ_STEP_CLONES static void add_to(float *restrict x, const float *restrict d, int64_t n)
+{
+    EQ_LANES(i, n, x[i] += d[i]);
+}
+
+/* out[i] = (x[i] * inv) * w[i] */
+EQ_STEP_CLONES static void scale_by(const float *restrict x, float inv, const float *restrict w,
+                                    float *restrict out, int64_t n)
+{
+    EQ_LANES(i, n, out[i] = (x[i] * inv) * w[i]);
+}
+
+/* ---- residual + RMSNorm ------------------------------------------------------------------ */
+
+int eq_step_norm_quantize(float *x, const float *delta, int64_t rows, int64_t d,
+                          const float *weight, double eps, int64_t block, int8_t *xq, float *xs,
+                          float *work)
+{
+    if (rows < 0 || d <= 0 || block <= 0 || d % block)
+        return EQ_STEP_EARGS;
+    int finite = 1;
+    for (int64_t t = 0; t < rows; t++) {
+        float *xr = x + t * d;
+        if (delta)
+            add_to(xr, delta + t * d, d);
+        double ss = 0.0;
+        for (int64_t j = 0; j < d; j++) {
+            double v = xr[j];
+            ss += v * v;
+        }
+        float inv = (float)(1.0 / sqrt(ss / (double)d + eps));
+        scale_by(xr, inv, weight, work, d);
+        finite &= eq_step_quantize_row(work, d, block, xq + t * d, xs + t * (d / block));
+    }
+    return finite;
+}
+
+/* ---- RoPE + KV cache + attention --------------------------------------------------------- */
+
+/* dst = src (hd,) with its leading rope_dim dimensions turned: pair (a, b) by the angle whose
+ * cos, sin are given; "neox" pairs (i, i + rope_dim/2), else (2i, 2i + 1). */
+static void rope_row(const float *src, float *dst, const float *cos, const float *sin,
+                     int64_t rope_dim, int neox, int64_t hd)
+{
+    int64_t half = rope_dim / 2;
+    for (int64_t i = 0; i < half; i++) {
+        int64_t ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+        float a = src[ia], b = src[ib];
+        dst[ia] = a * cos[i] - b * sin[i];
+        dst[ib] = a * sin[i] + b * cos[i];
+    }
+    for (int64_t j = rope_dim; j < hd; j++)
+        dst[j] = src[j];
+}
+
+/* y[i] += x[i] * w */
+EQ_STEP_CLONES static void axpy(float *restrict y, const float *restrict x, float w, int64_t n)
+{
+    EQ_LANES(i, n, y[i] += x[i] * w);
+}
+
+/* scores[:n] -> softmax in place: the max subtracted, float32 exp, float64 sum. */
+static void softmax(float *scores, int64_t n)
+{
+    float top = scores[0];
+    for (int64_t p = 1; p < n; p++)
+        top = scores[p] > top ? scores[p] : top;
+    double total = 0.0;
+    for (int64_t p = 0; p < n; p++) {
+        float e = expf(scores[p] - top);
+        scores[p] = e;
+        total += e;
+    }
+    float total32 = (float)total;
+    for (int64_t p = 0; p < n; p++)
+        scores[p] /= total32;
+}
+
+typedef struct {
+    const float *q, *cos, *sin;
+    int64_t q_stride, rows, n_heads, group, hd, start, end, rope_dim, n_blocks, key_block,
+        capacity, per_head;
+    int neox;
+    float scale;
+    const uint16_t *keys, *values;
+    float *work, *out;
+} attend_task;
+
+/* Key/value heads [g0, g1): each widens its keys (hd, end) and values (end, hd) to float32
+ * in its own part of the work area, then serves every query head of its group. */
+static void attend_heads(void *ctx, int64_t g0, int64_t g1)
+{
+    const attend_task *a = ctx;
+    int64_t hd = a->hd, end = a->end, kb = a->key_block;
+    eq_halves_fn widen = eq_simd()->halves_to_float;   /* exact in every SIMD variant */
+    for (int64_t g = g0; g < g1; g++) {
+        float *kt = a->work + g * a->per_head, *vf = kt + hd * end, *scores = vf + end * hd,
+              *qr = scores + end;
+        const uint16_t *blocks = a->keys + g * a->n_blocks * hd * kb;
+        for (int64_t b = 0; b * kb < end; b++) {
+            int64_t base = b * kb, count = end - base < kb ? end - base : kb;
+            for (int64_t j = 0; j < hd; j++) {
+                widen(blocks + (b * hd + j) * kb, count, kt + j * end + base);
+            }
+        }
+        widen(a->values + g * a->capacity * hd, end * hd, vf);
+        for (int64_t t = 0; t < a->rows; t++) {
+            int64_t seen = a->start + t + 1, half = a->rope_dim / 2;
+            for (int64_t r = 0; r < a->group; r++) {
+                int64_t h = g * a->group + r;
+                rope_row(a->q + t * a->q_stride + h * hd, qr, a->cos + t * half,
+                         a->sin + t * half, a->rope_dim, a->neox, hd);
+                for (int64_t j = 0; j < hd; j++)
+                    qr[j] *= a->scale;
+                /* hot loop: scores[p] = sum_j kt[j, p] q[j], j in order, across p */
+                for (int64_t p = 0; p < seen; p++)
+                    scores[p] = 0.0f;
+                for (int64_t j = 0; j < hd; j++)
+                    axpy(scores, kt + j * end, qr[j], seen);
+                softmax(scores, seen);
+                /* hot loop: out = sum_p scores[p] v_p, p in order */
+                float *o = a->out + (t * a->n_heads + h) * hd;
+                for (int64_t p = 0; p < seen; p++)
+                    axpy(o, vf + p * hd, scores[p], hd);
+            }
+        }
+    }
+}
+
+static int64_t attend_per_head(int64_t hd, int64_t end)
+{
+    return 2 * hd * end + end + hd;   /* kt, vf, scores, qr */
+}
+
+int64_t eq_step_attend_work(int64_t rows, int64_t n_heads, int64_t n_kv, int64_t head_dim,
+                            int64_t end)
+{
+    return n_kv * attend_per_head(head_dim, end) + head_dim + rows * n_heads * head_dim;
+}
+
+int eq_step_attend_quantize(const float *q, int64_t q_stride, const float *k, int64_t k_stride,
+                            const float *v, int64_t v_stride, int64_t rows, int64_t n_heads,
+                            int64_t n_kv, int64_t head_dim, int64_t start, const float *cos,
+                            const float *sin, int64_t rope_dim, int32_t neox, float scale,
+                            uint16_t *keys, int64_t n_blocks, int64_t key_block, uint16_t *values,
+                            int64_t capacity, int64_t block, int8_t *xq, float *xs, float *work,
+                            int64_t work_len, int32_t threads)
+{
+    int64_t hd = head_dim, end = start + rows, width = n_heads * hd;
+    if (rows < 0 || n_kv <= 0 || hd <= 0 || n_heads % n_kv || start < 0 || rope_dim < 0 ||
+        rope_dim % 2 || rope_dim > hd || key_block <= 0 || end > capacity ||
+        end > n_blocks * key_block || block <= 0 || width % block || q_stride < width ||
+        k_stride < n_kv * hd || v_stride < n_kv * hd ||
+        work_len < eq_step_attend_work(rows, n_heads, n_kv, hd, end))
+        return EQ_STEP_EARGS;
+    if (rows == 0)
+        return 1;
+    float *kr = work, *out = kr + hd, *heads = out + rows * width;
+    int64_t half = rope_dim / 2;
+    /* every row's key and value first: row t then sees the rows before it */
+    for (int64_t t = 0; t < rows; t++) {
+        int64_t pos = start + t, b = pos / key_block, i = pos % key_block;
+        for (int64_t g = 0; g < n_kv; g++) {
+            rope_row(k + t * k_stride + g * hd, kr, cos + t * half, sin + t * half, rope_dim,
+                     neox, hd);
+            uint16_t *kcol = keys + ((g * n_blocks + b) * hd) * key_block + i;
+            uint16_t *vrow = values + (g * capacity + pos) * hd;
+            const float *vsrc = v + t * v_stride + g * hd;
+            for (int64_t j = 0; j < hd; j++) {
+                kcol[j * key_block] = float_to_half(kr[j]);
+                vrow[j] = float_to_half(vsrc[j]);
+            }
+        }
+    }
+    memset(out, 0, (size_t)(rows * width) * sizeof(float));
+    attend_task task = {q, cos, sin, q_stride, rows, n_heads, n_heads / n_kv, hd, start, end,
+                        rope_dim, n_blocks, key_block, capacity, attend_per_head(hd, end),
+                        neox != 0, scale, keys, values, heads, out};
+    eq_parallel_for(attend_heads, &task, n_kv, 1, threads);
+    int finite = 1;
+    for (int64_t t = 0; t < rows; t++)
+        finite &= eq_step_quantize_row(out + t * width, width, block, xq + t * width,
+                                       xs + t * (width / block));
+    return finite;
+}
+
+/* out[i] = g[i] / (1 + out[i]) * u[i], where out holds exp(-g) */
+EQ_STEP_CLONES static void silu_times(const float *restrict g, const float *restrict u,
+                                      float *restrict out, int64_t n)
+{
+    EQ_LANES(i, n, out[i] = g[i] / (1.0f + out[i]) * u[i]);
+}
+
+/* ---- SwiGLU ------------------------------------------------------------------------------ */
+
+int eq_step_swiglu_quantize(const float *gate, int64_t gate_stride, const float *up,
+                            int64_t up_stride, int64_t rows, int64_t f, int64_t block,
+                            int8_t *xq, float *xs, float *work)
+{
+    if (rows < 0 || f <= 0 || block <= 0 || f % block || gate_stride < f || up_stride < f)
+        return EQ_STEP_EARGS;
+    int finite = 1;
+    for (int64_t t = 0; t < rows; t++) {
+        const float *g = gate + t * gate_stride, *u = up + t * up_stride;
+        for (int64_t j = 0; j < f; j++)   /* the C library's expf, one value at a time */
+            work[j] = expf(-g[j]);
+        silu_times(g, u, work, f);
+        finite &= eq_step_quantize_row(work, f, block, xq + t * f, xs + t * (f / block));
+    }
+    return finite;
+}
