@@ -60,7 +60,6 @@ import numpy as np
 from edgeq.embed import POOLING_MODES, l2_normalize, length_batches, pool
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.kernels import backends
-from edgeq.kernels.reference import ACT_QMAX
 from edgeq.kernels.table import lookup, weight_kind
 from edgeq.linear import activation_block, linear
 from edgeq.models import register
@@ -193,6 +192,7 @@ ERF_RATIONAL_Q = (1.0, 0.49702973185979293, 0.11382665483240482, 0.0154535683328
 try:
     from numba import njit
 
+    from edgeq.kernels.numba_kernels.activations import quantize_rows_checked as _quantize_rows
     from edgeq.kernels.numba_kernels.simd import float32_from_bits
 except ImportError:  # e.g. 32-bit ARM: the NumPy reference functions run instead
     njit = None
@@ -201,7 +201,6 @@ if njit is not None:
     _P = tuple(np.float32(c) for c in ERF_RATIONAL_P)
     _Q = tuple(np.float32(c) for c in ERF_RATIONAL_Q)
     _F = np.float32
-    _ROUNDER = np.float32(1.5 * 2**23)
 
     @njit(cache=True, fastmath=True, error_model="numpy", inline="always")
     def _gelu_scalar(v):
@@ -229,34 +228,6 @@ if njit is not None:
             for j in range(n):
                 row[j] = _gelu_scalar(row[j] + bias[j])
         return h
-
-    @njit(cache=True, error_model="numpy")  # no fastmath: v / scale and rint as the reference
-    def _quantize_rows(x, block, q, s):
-        """float32 x (m, k) -> int8 q (m, k) and float32 scales s (m, k/block), the rule of
-        edgeq.kernels.reference.quantize_activations (scale = max|x| / 127 per block, codes
-        rint(x / scale), 0 where the scale is 0). Returns False when x holds a NaN or inf."""
-        m, k = x.shape
-        n = m * (k // block)
-        # one flat loop over blocks (C-contiguous arrays): nested row/block loops ran 10x slower
-        xb, qb, sb = x.reshape(n, block), q.reshape(n, block), s.reshape(n)
-        bits = x.view(np.uint32).reshape(n, block)
-        worst = np.uint32(0)
-        for b in range(n):
-            # max |x| on the bit patterns: for non-negative floats the integer order is the
-            # float order, NaN and inf sort above every finite value, and an integer max
-            # vectorizes (a float max needs fastmath)
-            top = np.uint32(0)
-            for j in range(block):
-                top = max(top, bits[b, j] & np.uint32(0x7FFFFFFF))
-            worst = max(worst, top)
-            scale = float32_from_bits(np.int32(top)) / _F(ACT_QMAX)
-            sb[b] = scale
-            div = scale if scale > _F(0.0) else _F(1.0)  # scale 0: the block is all zeros
-            for j in range(block):
-                # rint for |v| < 2^22: adding 1.5 * 2^23 leaves no fraction bits
-                c = (xb[b, j] / div + _ROUNDER) - _ROUNDER
-                qb[b, j] = np.int8(min(max(c, _F(-ACT_QMAX)), _F(ACT_QMAX)))
-        return worst < np.uint32(0x7F800000)
 
     @njit(cache=True, fastmath=True, error_model="numpy")
     def _layer_norm_fast(x, residual, weight, bias, eps, x_bias=None):

@@ -43,7 +43,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-ACT_QMAX = 127
+from edgeq.kernels.numba_kernels.activations import quantize_rows_checked
 
 
 @intrinsic
@@ -72,26 +72,10 @@ def float_to_half(typingctx, value):
 
 @njit(cache=True)
 def quantize_row(h, block, q, scales):
-    """h float32 (k,) -> q int8 (k,), scales float32 (k/block,); False if h is not finite."""
-    finite = True
-    for b in range(h.shape[0] // block):
-        start = b * block
-        top = np.float32(0)
-        for j in range(start, start + block):
-            a = abs(h[j])
-            if not a <= np.float32(3.4028235e38):   # inf, or NaN (every comparison fails)
-                finite = False
-            top = max(top, a)
-        s = top / np.float32(ACT_QMAX)
-        scales[b] = s
-        if s > 0:
-            for j in range(start, start + block):
-                v = np.rint(h[j] / s)
-                q[j] = np.int8(min(max(v, np.float32(-ACT_QMAX)), np.float32(ACT_QMAX)))
-        else:
-            for j in range(start, start + block):
-                q[j] = 0
-    return finite
+    """h float32 (k,) -> q int8 (k,), scales float32 (k/block,) by the shared int8 activation
+    rule; False if h is not finite."""
+    return quantize_rows_checked(h.reshape(1, h.size), block, q.reshape(1, q.size),
+                                 scales.reshape(1, scales.size))
 
 
 @njit(cache=True)

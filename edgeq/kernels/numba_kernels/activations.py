@@ -39,3 +39,32 @@ def quantize_rows(x, block, q, scales):
             else:
                 for j in range(block):
                     q[r, start + np.uint64(j)] = 0
+
+
+_ROUNDER = np.float32(1.5 * 2**23)  # adding it leaves no fraction bits for |v| < 2**22
+
+
+@njit(cache=True, error_model="numpy")
+def quantize_rows_checked(x, block, q, scales):
+    """The same rule on one thread, for callers inside other kernels: x float32 (m, k)
+    C-contiguous -> q, scales as quantize_rows; returns False when x holds a NaN or inf.
+
+    One flat loop over the blocks (nested row / block loops ran several times slower), and
+    rint as (v + 1.5 * 2**23) - 1.5 * 2**23, exact for |v| <= 127 in round-half-even mode."""
+    m, k = x.shape
+    n = m * (k // block)
+    xb, qb, sb = x.reshape(n, block), q.reshape(n, block), scales.reshape(n)
+    bits = x.view(np.uint32).reshape(n, block)
+    worst = np.uint32(0)
+    for b in range(n):
+        top = np.uint32(0)
+        for j in range(block):
+            top = max(top, bits[b, j] & np.uint32(0x7FFFFFFF))
+        worst = max(worst, top)
+        scale = float32_from_bits(np.int32(top)) / np.float32(ACT_QMAX)
+        sb[b] = scale
+        div = scale if scale > np.float32(0) else np.float32(1)  # scale 0: the block is all zeros
+        for j in range(block):
+            c = (xb[b, j] / div + _ROUNDER) - _ROUNDER
+            qb[b, j] = np.int8(min(max(c, np.float32(-ACT_QMAX)), np.float32(ACT_QMAX)))
+    return worst < np.uint32(0x7F800000)  # the bits of inf; NaNs are above
