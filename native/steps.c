@@ -16,8 +16,6 @@
 #include "edgeq_native.h"
 #include "steps.h"
 
-#define ACT_QMAX 127.0f
-
 /* EQ_LANES(i, n, body): body for i in [0, n), as blocks of EQ_LANE_COUNT indices (a loop of
  * constant length, which compilers vectorize at -O2) and a scalar tail. Only for bodies whose
  * elements are independent: each element still sees the plain loop's float operations. */
@@ -78,68 +76,15 @@ void eq_floats_to_halves(const float *x, int64_t n, uint16_t *out)
 
 /* ---- activation quantization ------------------------------------------------------------- */
 
-/* rint half to even of |v| <= 2^22 (quantization codes are within 2 * 127): adding and taking
- * away 1.5 * 2^23 leaves no fraction bits, so the FPU rounds, to nearest even. */
-static inline float round_even(float v)
-{
-#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
-    const float magic = 12582912.0f;
-    return (v + magic) - magic;
-#else
-    return rintf(v);
-#endif
-}
-
-/* One block: *scale = absmax / 127, q = codes; 0 when a value is not finite. The maximum is
- * taken over 8 lanes (a maximum does not depend on the order it is taken in) and every code
- * is computed on its own, so both loops vectorize and give the plain loops' results. */
-EQ_STEP_CLONES static int quantize_block(const float *restrict h, int64_t n, int8_t *restrict q,
-                                         float *scale)
-{
-    float top[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    int bad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t j = 0;
-    for (; j + EQ_LANE_COUNT <= n; j += EQ_LANE_COUNT) {
-        for (int l = 0; l < EQ_LANE_COUNT; l++) {
-            float a = fabsf(h[j + l]);
-            bad[l] |= !(a <= FLT_MAX);    /* inf, or NaN (every comparison fails) */
-            top[l] = a > top[l] ? a : top[l];
-        }
-    }
-    for (; j < n; j++) {
-        float a = fabsf(h[j]);
-        bad[0] |= !(a <= FLT_MAX);
-        top[0] = a > top[0] ? a : top[0];
-    }
-    for (int l = 1; l < 8; l++) {
-        bad[0] |= bad[l];
-        top[0] = top[l] > top[0] ? top[l] : top[0];
-    }
-    float s = top[0] / ACT_QMAX;
-    *scale = s;
-    if (!(s > 0.0f)) {
-        memset(q, 0, (size_t)n);
-        return !bad[0];
-    }
-    /* the clamps are written as the max/min instructions compute them (NaN -> the bound:
-     * the conversion below never sees one) */
-    EQ_LANES(i, n, {
-        float v = round_even(h[i] / s);
-        v = v > -ACT_QMAX ? v : -ACT_QMAX;
-        v = v < ACT_QMAX ? v : ACT_QMAX;
-        q[i] = (int8_t)(int32_t)v;
-    });
-    return !bad[0];
-}
-
+/* The engine's quantizer (the SIMD variant's block rule, the same bits everywhere): 1 if every
+ * value was finite, 0 if not (the codes are then left unwritten), EQ_STEP_EARGS on bad sizes. */
 int eq_step_quantize_row(const float *h, int64_t k, int64_t block, int8_t *q, float *scales)
 {
     if (k < 0 || block <= 0 || k % block)
         return EQ_STEP_EARGS;
-    int finite = 1;
-    for (int64_t b = 0; b < k / block; b++)
-        finite &= quantize_block(h + b * block, block, q + b * block, scales + b);
-    return finite;
+    if (k == 0)
+        return 1;
+    return eq_quantize_q8(h, 1, k, block, q, scales) == EQ_OK;
 }
 
 /* x[i] += d[i] */
