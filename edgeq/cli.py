@@ -6,9 +6,9 @@ Heavy modules are imported inside the commands so that `edgeq --help` stays inst
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
+from pathlib import Path
 
 from edgeq.errors import FormatError, UnsupportedError
 
@@ -85,12 +85,21 @@ def cmd_chat(args) -> int:
 
 
 def cmd_eval_ppl(args) -> int:
+    import edgeq
+    from edgeq.cache import prepare
+    from edgeq.calibrate.similarity import describe
     from edgeq.eval import perplexity
-    model = _load_model(args)
     text = open(args.text, encoding="utf-8").read() if args.text else None
-    result = perplexity(model, text, window=args.window, max_tokens=args.max_tokens)
-    print(json.dumps({"tokens": result.tokens, "mean_nll": round(result.mean_nll, 6),
-                      "perplexity": round(result.ppl, 4)}))
+    header = f"{'model':<32} {'method':<40} {'bits/w':>6} {'MiB':>7} {'tokens':>7} {'mean NLL':>9} {'ppl':>9}"
+    print(header)
+    print("-" * len(header))
+    for source in args.models:  # one row as soon as each model is scored
+        path, options = prepare(source, {"context_length": args.ctx} if args.ctx else {})
+        result = perplexity(edgeq.load(path, **options), text, window=args.window, max_tokens=args.max_tokens)
+        method, bits = describe(path)
+        bits_text = "float" if bits is None else f"{bits:.3f}"
+        print(f"{Path(source).name:<32} {method:<40} {bits_text:>6} {path.stat().st_size / 2**20:>7.1f} "
+              f"{result.tokens:>7d} {result.mean_nll:>9.5f} {result.ppl:>9.4f}", flush=True)
     return 0
 
 
@@ -192,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model")
     ev = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    q = ev.add_parser("ppl", help="perplexity (default corpus: Python's pydoc topics)")
-    q.add_argument("model")
+    q = ev.add_parser("ppl", help="perplexity per model (default corpus: Python's pydoc topics)")
+    q.add_argument("models", nargs="+", help=".eqm or .gguf files, compared on the same tokens")
     q.add_argument("--text", default=None, help="a UTF-8 text file")
     q.add_argument("--window", type=int, default=256)
     q.add_argument("--max-tokens", type=int, default=None)
