@@ -143,8 +143,9 @@ def fallback_qtype(ggml_type: T) -> dict:
 
 
 def can_dequantize(ggml_type: T) -> bool:
-    """Whether gguf.quants decodes this type (probed on one all-zero block)."""
-    block, type_size = GGML_QUANT_SIZES[ggml_type]
+    """Whether gguf.quants decodes this type (probed on one all-zero block; the package raises
+    NotImplementedError for types it has no decoder for)."""
+    _, type_size = GGML_QUANT_SIZES[ggml_type]
     probe = np.zeros((1, type_size), dtype=np.uint8)
     if ggml_type in (T.F32, T.F16):
         probe = probe.view(np.float32 if ggml_type == T.F32 else np.float16)

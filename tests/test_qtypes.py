@@ -368,3 +368,17 @@ def test_from_components_rejects_mismatched_arrays(case):
     for shape in [(2, 0), (0, 64), (3, 64), (2, 128), (2, 66)]:  # other sizes, or nothing
         with pytest.raises(FormatError):
             from_components(qt.spec, shape, qt.data)
+
+
+def test_a_layout_missing_a_method_fails_when_defined():
+    """Layouts register at class creation; an unfinished one is refused there, by name."""
+    from edgeq.qtypes import base
+
+    with pytest.raises(TypeError, match="int_codes, max_abs_code, quantize"):
+        class Unfinished(base.Layout):  # noqa: F841
+            name = "unfinished"
+            granularities = ("row",)
+
+            def components(self, spec, shape):
+                return {}
+    assert "unfinished" not in base._REGISTRY

@@ -15,6 +15,7 @@ Granularity of the scales along k:
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Mapping
 
@@ -121,23 +122,30 @@ class Layout:
     supports_asymmetric: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
+        """Registers one instance per layout; a layout that leaves a method below
+        unimplemented fails here, when its module is imported, not at first use."""
         super().__init_subclass__(**kwargs)
+        missing = [name for name in dir(cls) if getattr(getattr(cls, name), "__isabstractmethod__", False)]
+        if missing:
+            raise TypeError(f"layout {cls.__name__} does not implement {', '.join(missing)}")
         _REGISTRY[cls.name] = cls()
 
     # --- to implement -------------------------------------------------------------
+    @abstractmethod
     def components(self, spec: QuantSpec, shape: tuple[int, int]) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         """Name -> (dtype, shape) of every stored array; used to validate files."""
-        raise NotImplementedError
 
+    @abstractmethod
     def quantize(self, w: np.ndarray, spec: QuantSpec, **options) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The stored arrays of w (rows, k) float32 quantized by spec."""
 
+    @abstractmethod
     def int_codes(self, qt: QTensor) -> np.ndarray:
-        raise NotImplementedError
+        """Signed integer codes (rows, k), as the integer dot products use them."""
 
+    @abstractmethod
     def max_abs_code(self, spec: QuantSpec) -> int:
         """Largest |int_codes| the layout can hold: bounds the integer accumulators."""
-        raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------
     def dequantize(self, qt: QTensor) -> np.ndarray:

@@ -30,6 +30,7 @@ int3 (G a multiple of 8): 3G/8 bytes, the low two bits then the high bit (ggml Q
      so u = crumb | (bit << 2), each a shift and a mask of a contiguous byte run.
 """
 
+from abc import abstractmethod
 from typing import ClassVar
 
 import numpy as np
@@ -121,11 +122,13 @@ class _LowBit:
     def max_abs_code(self, spec):
         return 1 << (self.bits - 1) if spec.symmetric else (1 << self.bits) - 1
 
+    @abstractmethod
     def pack(self, u: np.ndarray, group: int) -> np.ndarray:
-        raise NotImplementedError
+        """Stored bytes of unsigned codes u (rows, k), groups of `group` codes."""
 
+    @abstractmethod
     def unpack(self, codes: np.ndarray, group: int) -> np.ndarray:
-        raise NotImplementedError
+        """Inverse of pack: unsigned codes (rows, k)."""
 
 
 class Int2(_LowBit, Layout):
