@@ -1,8 +1,8 @@
 """convert(src, dst, **options): one entry point for every source format.
 
 The source kind is detected from the path (see SOURCES, checked in order); its importer is
-imported on first use and called as importer(src, dst, **options) -> Path. To add a source
-(e.g. a Hugging Face folder), add a detector and an importer entry to SOURCES.
+imported on first use and called as importer(src, dst, **options) -> Path. To add a source,
+add a detector and an importer entry to SOURCES.
 
 Options understood by the GGUF importer (converters.gguf_import.import_gguf):
     qtype "keep" | "int8" | "int4" | "ternary" | "binary" | "pow2", group_size, symmetric,
@@ -16,22 +16,20 @@ import importlib
 from pathlib import Path
 from typing import Callable
 
+from edgeq.cache import is_gguf
 from edgeq.errors import UnsupportedError
 
 
 def _is_gguf(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        return f.read(4) == b"GGUF"
+    return path.is_file() and is_gguf(path)
 
 
 def _is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-#: kind -> (detector, "module:function" of its importer, or None while none is written)
-SOURCES: dict[str, tuple[Callable[[Path], bool], str | None]] = {
+#: kind -> (detector, "module:function" of its importer)
+SOURCES: dict[str, tuple[Callable[[Path], bool], str]] = {
     "gguf": (_is_gguf, "edgeq.converters.gguf_import:import_gguf"),
     "hf": (_is_hf_folder, "edgeq.converters.hf_import:convert_hf"),
 }
@@ -51,10 +49,6 @@ def source_kind(src) -> str:
 
 def convert(src, dst, **options) -> Path:
     """Convert the model at `src` into the .eqm file `dst`; returns dst."""
-    kind = source_kind(src)
-    target = SOURCES[kind][1]
-    if target is None:
-        raise UnsupportedError(f"{src}: converting {kind} sources is not available in this edgeq")
-    module, function = target.split(":")
+    module, function = SOURCES[source_kind(src)][1].split(":")
     importer = getattr(importlib.import_module(module), function)
     return importer(Path(src), Path(dst), **options)

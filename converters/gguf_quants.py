@@ -33,7 +33,6 @@ from edgeq.errors import UnsupportedError
 from edgeq.qtypes import QTensor, QuantSpec, from_components
 from edgeq.qtypes.packing import pack_base3, pack_planes
 
-FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 TERNARY_GROUP = 256
 #: codes of a TQ1_0 block in the order of its base-3 bytes: (first byte, bytes, trits per byte)
 _TQ1_SPANS = ((0, 32, 5), (32, 16, 5), (48, 4, 4))

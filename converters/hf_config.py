@@ -94,20 +94,25 @@ class LlamaConfig:
     sliding_window: int | None  # attention window if the config enables one
 
 
+def _read_json(path: str) -> Any:
+    """The parsed UTF-8 JSON of a file; FormatError naming the file otherwise."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError as exc:
+        raise FormatError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read: {exc}") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FormatError(f"{path}: not valid UTF-8 JSON ({exc})") from exc
+
+
 class _Json:
     """One JSON object read from a file, with typed field access."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        try:
-            with open(path, "rb") as f:
-                self.obj = json.loads(f.read().decode("utf-8"))
-        except FileNotFoundError as exc:
-            raise FormatError(f"{path}: file not found") from exc
-        except OSError as exc:
-            raise FormatError(f"{path}: cannot read: {exc}") from exc
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise FormatError(f"{path}: not valid UTF-8 JSON ({exc})") from exc
+        self.obj = _read_json(path)
         if not isinstance(self.obj, dict):
             raise FormatError(f"{path}: expected a JSON object, got {type(self.obj).__name__}")
 
@@ -196,13 +201,7 @@ def _bert(folder: str, cfg: _Json, architecture: str) -> BertConfig:
 
 def _read_modules(path: str) -> tuple[str, bool]:
     """(pooling module folder, whether a Normalize module follows) from modules.json."""
-    try:
-        with open(path, "rb") as f:
-            modules = json.loads(f.read().decode("utf-8"))
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read: {exc}") from exc
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FormatError(f"{path}: not valid UTF-8 JSON ({exc})") from exc
+    modules = _read_json(path)
     if not isinstance(modules, list) or not all(
         isinstance(m, dict) and isinstance(m.get("type"), str) for m in modules
     ):

@@ -92,6 +92,11 @@ class HFImportOptions:
         if self.quantize_embeddings and self.qtype is None:
             raise ValueError("quantize_embeddings needs a qtype")
 
+    def quantizes(self, item: Item) -> bool:
+        """Whether the item's matrix is quantized (linear layers; embeddings when asked)."""
+        return self.qtype is not None and (
+            item.role == "linear" or (item.role == "embedding" and self.quantize_embeddings))
+
     def spec_for(self, name: str, shape: tuple[int, int]) -> QuantSpec:
         layout = get_layout(self.qtype)
         try:
@@ -316,8 +321,7 @@ def convert_item(item: Item, ckpt, options: HFImportOptions):
     arrays = [ckpt.tensor(s) for s in item.sources]
     w = item.combine(arrays) if item.combine else arrays[0]
     record = {"source": list(item.sources), "source_dtype": ckpt.info(item.sources[0]).dtype, "exact": True}
-    quantized = item.role == "linear" or (item.role == "embedding" and options.quantize_embeddings)
-    if quantized and options.qtype is not None:
+    if options.quantizes(item):
         qt, error = quantize_in_chunks(item.name, tuple(w.shape), options.spec_for(item.name, tuple(w.shape)),
                                        lambda start, stop: w[start:stop])
         return qt, {**record, "exact": False, **error}
@@ -360,10 +364,9 @@ def convert_hf(folder, dst, *, qtype: str | None = None, group_size: int | None 
         names = set(ckpt.names())
         config, items = bert_plan(cfg, names) if family == "bert" else llama_plan(cfg, names)
         check_sources(items, ckpt, folder)
-        if qtype is not None:  # every spec checked before the first byte is written
-            for item in items:
-                if item.role == "linear" or (item.role == "embedding" and quantize_embeddings):
-                    options.spec_for(item.name, item.shape)
+        for item in items:  # every spec checked before the first byte is written
+            if options.quantizes(item):
+                options.spec_for(item.name, item.shape)
         tokenizer = read_tokenizer(folder, family)
         tensors, requantized = {}, []
         metadata = {"source": {"format": "hf", "folder": folder.resolve().name,

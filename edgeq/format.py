@@ -24,6 +24,7 @@ and the components its layout names (codes, scales, zeros, mins).
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import shutil
@@ -212,8 +213,8 @@ class PackedFile(Mapping):
             self._fail(f"{where} shape", f"a list of non-negative integers, found {c.get('shape')!r}")
         if not _is_uint(offset) or not _is_uint(nbytes):
             self._fail(f"{where} offset/nbytes", "non-negative integers")
-        if nbytes != _prod(shape) * dtype.itemsize:
-            self._fail(f"{where} nbytes", f"{_prod(shape) * dtype.itemsize} for {dtype}{tuple(shape)}, found {nbytes}")
+        if nbytes != math.prod(shape) * dtype.itemsize:
+            self._fail(f"{where} nbytes", f"{math.prod(shape) * dtype.itemsize} for {dtype}{tuple(shape)}, found {nbytes}")
         if offset % ALIGN:
             self._fail(f"{where} offset", f"a multiple of {ALIGN}, found {offset}")
         if offset + nbytes > self._data_len:
@@ -239,7 +240,7 @@ class PackedFile(Mapping):
         arrays = {}
         for part, c in entry["components"].items():
             dtype, shape, offset, nbytes = self._component(name, part, c)
-            flat = np.frombuffer(self._map, dtype=dtype.newbyteorder("<"), count=_prod(shape),
+            flat = np.frombuffer(self._map, dtype=dtype.newbyteorder("<"), count=math.prod(shape),
                                  offset=self._data_start + offset)
             try:
                 arrays[part] = flat.reshape(shape)
@@ -303,13 +304,6 @@ def _int_list(v):
     if isinstance(v, list) and all(_is_uint(d) for d in v):
         return v
     return None
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def open_packed(path) -> PackedFile:

@@ -1,5 +1,7 @@
 """`edgeq inspect`: a table of what a packed file holds."""
 
+import math
+
 from edgeq.format import open_packed
 from edgeq.qtypes import QTensor
 
@@ -19,9 +21,7 @@ def describe(path) -> str:
     total_bytes = total_weights = 0
     for name in packed:
         t = packed[name]
-        count = 1
-        for d in t.shape:
-            count *= d
+        count = math.prod(t.shape)
         nbytes = t.nbytes
         bits = 8 * nbytes / count if count else 0.0
         rows.append((name, _describe_spec(t), "x".join(map(str, t.shape)), f"{bits:.3f}", f"{nbytes:,}"))
