@@ -121,10 +121,10 @@ def chat_prompt_ids(model, messages) -> list[int]:
     if not tokenizer.chat_template:
         raise UnsupportedError("this model has no chat template; build the prompt yourself and "
                                "call generate()")
-    bos = tokenizer.decode_piece(tokenizer.bos_id).decode("utf-8", "replace") \
-        if tokenizer.bos_id is not None else ""
-    eos = tokenizer.decode_piece(tokenizer.eos_id).decode("utf-8", "replace") \
-        if tokenizer.eos_id is not None else ""
+    def text_of(token_id):
+        return "" if token_id is None else tokenizer.decode_piece(token_id).decode("utf-8", "replace")
+
+    bos, eos = text_of(tokenizer.bos_id), text_of(tokenizer.eos_id)
     text = render(tokenizer.chat_template, messages, add_generation_prompt=True,
                   bos_token=bos, eos_token=eos)
     writes_bos = bool(bos) and text.startswith(bos)

@@ -214,6 +214,7 @@ class StopChecker:
             if not isinstance(s, str) or not s:
                 raise ValueError(f"stop strings must be non-empty str, got {s!r}")
         self._stops = stops
+        self._longest_prefix = max((len(s) for s in stops), default=1) - 1
         self._emitted: list[str] = []
         # Held-back text. Every later stop occurrence starts inside it or after it, because
         # any earlier start would have needed a longer held-back suffix.
@@ -257,8 +258,7 @@ class StopChecker:
 
     def _held_back_start(self, text: str) -> int:
         """Start of the longest suffix of text that is a proper prefix of a stop string."""
-        longest = max((len(s) for s in self._stops), default=1) - 1
-        for start in range(max(0, len(text) - longest), len(text)):
+        for start in range(max(0, len(text) - self._longest_prefix), len(text)):
             suffix = text[start:]
             if any(s.startswith(suffix) for s in self._stops):
                 return start

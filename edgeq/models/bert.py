@@ -63,6 +63,7 @@ from edgeq.kernels import backends
 from edgeq.kernels.table import lookup, weight_kind
 from edgeq.linear import activation_block, linear
 from edgeq.models import register
+from edgeq.models.llama import take_rows
 from edgeq.qtypes import QTensor
 from edgeq.tokenizer.wordpiece import WordPieceTokenizer
 
@@ -748,8 +749,7 @@ class BertEncoder:
 
     def __repr__(self) -> str:
         s = self.spec
-        kinds = sorted({d.weight.qtype if d.quantized else "float" for layer in self.layers
-                        for d in (layer.qkv, layer.out, layer.up, layer.down)})
+        kinds = sorted({d.weight.qtype if d.quantized else "float" for d in self._denses})
         return (f"BertEncoder({str(self.path)!r}, {s.num_layers} layers, dim {s.hidden_size}, "
                 f"weights {'/'.join(kinds)}, pooling {s.pooling}{', normalized' if s.normalize else ''})")
 
@@ -772,10 +772,7 @@ class _Embedding:
             x = t.data["codes"][ids].astype(np.float32)
             x *= t.data["scales"][ids]
             return x
-        # every layout keeps rows along axis 0 of each component (per-tensor scales are (1, 1))
-        n = t.shape[0]
-        data = {name: (a[ids] if a.shape[0] == n else a) for name, a in t.data.items()}
-        return QTensor(t.spec, (len(ids), t.shape[1]), data).dequantize()
+        return take_rows(t, ids).dequantize()
 
 
 @register("bert")
