@@ -171,9 +171,8 @@ class _Matrix:
         w = ffi.new("eq_qmatrix *")
         w.kind = KIND_IDS[self.kind]
         w.rows, w.k = self.rows, self.k
-        w.pack_group = spec.group_size if spec.granularity == "group" else self.k
+        w.pack_group = w.scale_block = qt.scale_block
         w.row_bytes = self.arrays["codes"].shape[1]
-        w.scale_block = qt.scale_block
         scales = self.arrays["scales"]
         w.scale_rows = scales.shape[0]
         w.scale_f16 = scales.dtype == np.float16

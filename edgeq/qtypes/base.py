@@ -39,6 +39,10 @@ class QuantSpec:
     def groups_per_row(self, k: int) -> int:
         return k // self.group_size if self.granularity == "group" else 1
 
+    def scale_block(self, k: int) -> int:
+        """Codes sharing one weight scale along a row of k codes (the packing group)."""
+        return self.group_size if self.granularity == "group" else k
+
     def scale_rows(self, rows: int) -> int:
         return 1 if self.granularity == "tensor" else rows
 
@@ -98,7 +102,7 @@ class QTensor:
     @property
     def scale_block(self) -> int:
         """Codes sharing one weight scale along k."""
-        return self.spec.group_size if self.spec.granularity == "group" else self.shape[1]
+        return self.spec.scale_block(self.shape[1])
 
     def __repr__(self) -> str:
         s = self.spec

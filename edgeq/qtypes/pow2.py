@@ -27,10 +27,6 @@ _MIDPOINTS = np.array([0.5, 1.5, 3, 6, 12, 24, 48], dtype=np.float32)
 CODE_VALUES = np.array([0, 1, 2, 4, 8, 16, 32, 64, 0, -1, -2, -4, -8, -16, -32, -64], dtype=np.int16)
 
 
-def packing_group(spec: QuantSpec, k: int) -> int:
-    return spec.group_size if spec.granularity == "group" else k
-
-
 class Pow2(Layout):
     name = "pow2"
     granularities = ("row", "group")
@@ -49,11 +45,11 @@ class Pow2(Layout):
         ratio = divide_or_zero(g, scales)
         index = np.searchsorted(_MIDPOINTS, np.abs(ratio), side="right").astype(np.uint8)
         nibbles = np.where((ratio < 0) & (index > 0), index | 8, index).reshape(w.shape)
-        codes = pack_planes(nibbles, packing_group(spec, w.shape[1]), 4)
+        codes = pack_planes(nibbles, spec.scale_block(w.shape[1]), 4)
         return {"codes": codes, "scales": scales}
 
     def int_codes(self, qt: QTensor):
-        nibbles = unpack_planes(qt.data["codes"], packing_group(qt.spec, qt.shape[1]), 4)
+        nibbles = unpack_planes(qt.data["codes"], qt.scale_block, 4)
         return CODE_VALUES[nibbles]
 
     def max_abs_code(self, spec):

@@ -24,10 +24,6 @@ from edgeq.qtypes.packing import (base3_bytes_per_group, pack_base3, pack_planes
 from edgeq.qtypes.scales import divide_or_zero, grouped, storable_scale
 
 
-def packing_group(spec: QuantSpec, k: int) -> int:
-    return spec.group_size if spec.granularity == "group" else k
-
-
 class Ternary(Layout):
     name = "ternary"
     granularities = ("row", "group")
@@ -43,7 +39,7 @@ class Ternary(Layout):
 
     def components(self, spec: QuantSpec, shape):
         rows, k = shape
-        group = packing_group(spec, k)
+        group = spec.scale_block(k)
         if spec.packing == "2bit":
             nbytes = k // 4
         else:
@@ -57,7 +53,7 @@ class Ternary(Layout):
         scales = storable_scale(np.abs(g).mean(axis=2, dtype=np.float64), spec.scale_dtype())
         trits = (np.clip(np.rint(divide_or_zero(g, scales)), -1, 1) + 1).astype(np.uint8)
         trits = trits.reshape(w.shape)
-        group = packing_group(spec, w.shape[1])
+        group = spec.scale_block(w.shape[1])
         if spec.packing == "2bit":
             codes = pack_planes(trits, group, 2)
         else:
@@ -65,7 +61,7 @@ class Ternary(Layout):
         return {"codes": codes, "scales": scales}
 
     def int_codes(self, qt: QTensor):
-        group = packing_group(qt.spec, qt.shape[1])
+        group = qt.scale_block
         if qt.spec.packing == "2bit":
             trits = unpack_planes(qt.data["codes"], group, 2)
         else:

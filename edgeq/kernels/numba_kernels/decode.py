@@ -107,7 +107,7 @@ def decode(qt: QTensor) -> Decode:
     codes = np.ascontiguousarray(qt.data["codes"]).view(np.uint8)
     row_bytes = codes.shape[1]
     flat = codes.reshape(-1)
-    group = spec.group_size if spec.granularity == "group" else k
+    group = qt.scale_block
     pow2, zeros, has_zeros, flip = False, _NO_ZEROS, False, 0
     if spec.qtype == "int8":
         unpack, bits, group = PLANES, 8, k
