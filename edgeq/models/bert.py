@@ -63,8 +63,7 @@ from edgeq.kernels import backends
 from edgeq.kernels.table import lookup, weight_kind
 from edgeq.linear import activation_block, linear
 from edgeq.models import register
-from edgeq.models.llama import take_rows
-from edgeq.qtypes import QTensor
+from edgeq.qtypes import QTensor, take_rows
 from edgeq.tokenizer.wordpiece import WordPieceTokenizer
 
 log = logging.getLogger(__name__)

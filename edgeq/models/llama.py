@@ -56,7 +56,7 @@ from edgeq.kernels.table import lookup, weight_kind
 from edgeq.linear import activation_block, linear
 from edgeq.models import register
 from edgeq.models.kv_cache import KV_DTYPES, KVCache
-from edgeq.qtypes import QTensor
+from edgeq.qtypes import QTensor, take_rows
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +163,6 @@ def fuse_rows(matrices: list):
         return None
     data = {part: np.concatenate([m.data[part] for m in matrices]) for part in matrices[0].data}
     return QTensor(spec, (sum(m.shape[0] for m in matrices), k), data)
-
-
-def take_rows(qt: QTensor, rows: np.ndarray) -> QTensor:
-    """The QTensor made of rows `rows` of qt (every layout stores rows along axis 0 of each
-    component; per-tensor scales, shape (1, 1), are shared)."""
-    n = qt.shape[0]
-    data = {name: (a[rows] if a.shape[0] == n else a) for name, a in qt.data.items()}
-    return QTensor(qt.spec, (len(rows), qt.shape[1]), data)
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

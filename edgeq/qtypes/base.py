@@ -252,6 +252,14 @@ def quantize(w, qtype: str, *, group_size: int | None = None, symmetric: bool = 
     return QTensor(spec, tuple(int(d) for d in w.shape), data)
 
 
+def take_rows(qt: QTensor, rows: np.ndarray) -> QTensor:
+    """The QTensor made of rows `rows` of qt (every layout stores rows along axis 0 of each
+    component; per-tensor scales, shape (1, 1), are shared)."""
+    n = qt.shape[0]
+    data = {name: (a[rows] if a.shape[0] == n else a) for name, a in qt.data.items()}
+    return QTensor(qt.spec, (len(rows), qt.shape[1]), data)
+
+
 def from_components(spec: QuantSpec, shape: tuple[int, int], data: Mapping[str, np.ndarray],
                     where: str = "tensor") -> QTensor:
     """Build a QTensor from stored arrays, checking every component's dtype and shape."""
