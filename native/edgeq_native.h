@@ -31,6 +31,7 @@
 #ifndef EDGEQ_NATIVE_H
 #define EDGEQ_NATIVE_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -243,6 +244,14 @@ void eq_decode_scalar(int kind, const uint8_t *row, int64_t k, int64_t pack_grou
 void eq_dot_scalar(const uint8_t *u, const int8_t *x, int64_t k, int64_t sub,
                    const int32_t *xsum, int wide, int32_t *out);
 void eq_quantize_block_scalar(const float *x, int64_t n, int8_t *q, float *scale);
+/* One activation code for scale s > 0, the rule every quantize_block shares: x / s in float32,
+ * rounded half to even (the default mode), clamped to [-127, 127]. */
+static inline int8_t eq_quantize_code(float x, float s)
+{
+    float v = nearbyintf(x / s);
+    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+    return (int8_t)v;
+}
 float eq_half_to_float(uint16_t h);
 uint64_t eq_popcount_xor_scalar(const uint8_t *a, const uint8_t *b, int64_t nbytes);
 void eq_combine_scalar(const eq_rowscale *rs, int nr, const int32_t *raw, int64_t rstride,

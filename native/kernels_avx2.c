@@ -271,11 +271,8 @@ void eq_avx2_quantize_block(const float *x, int64_t n, int8_t *q, float *scale)
         w = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)(q + j), w);
     }
-    for (; j < n; j++) {
-        float v = nearbyintf(x[j] / s);
-        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-        q[j] = (int8_t)v;
-    }
+    for (; j < n; j++)
+        q[j] = eq_quantize_code(x[j], s);
 }
 
 /* ---- float16 and popcount ------------------------------------------------------------------- */

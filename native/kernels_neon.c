@@ -437,11 +437,8 @@ static void quantize_block(const float *x, int64_t n, int8_t *q, float *scale)
         int16x8_t h = vcombine_s16(vmovn_s32(ia), vmovn_s32(ib));
         vst1_s8(q + j, vmovn_s16(h));
     }
-    for (; j < n; j++) {
-        float v = nearbyintf(x[j] / s);
-        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-        q[j] = (int8_t)v;
-    }
+    for (; j < n; j++)
+        q[j] = eq_quantize_code(x[j], s);
 }
 
 /* ---- float16 and popcount ------------------------------------------------------------------- */

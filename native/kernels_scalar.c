@@ -177,14 +177,8 @@ void eq_quantize_block_scalar(const float *x, int64_t n, int8_t *q, float *scale
     /* float32 division, as numpy's absmax / float32(127) */
     float s = amax / 127.0f;
     *scale = s;
-    for (int64_t j = 0; j < n; j++) {
-        float v = 0.0f;
-        if (s > 0.0f) {
-            v = nearbyintf(x[j] / s);  /* round half to even in the default mode */
-            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-        }
-        q[j] = (int8_t)v;
-    }
+    for (int64_t j = 0; j < n; j++)
+        q[j] = s > 0.0f ? eq_quantize_code(x[j], s) : 0;
 }
 
 /* ---- float16 ------------------------------------------------------------------------------ */

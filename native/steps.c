@@ -9,7 +9,6 @@
  * - exp from the C library's expf, the function Numba's np.exp on float32 also calls.
  * The sum of squares of RMSNorm and the softmax denominator are float64, as there.
  */
-#include <float.h>
 #include <math.h>
 #include <string.h>
 
