@@ -16,7 +16,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: -ffp-contract=off: no fused multiply-add, so float results match the reference's operations
 COMMON_FLAGS = ["-O2", "-std=gnu11", "-ffp-contract=off"]
-PORTABLE_SOURCES = ["kernels_scalar.c", "engine.c", "dispatch.c", "threadpool.c", "steps.c"]
+PORTABLE_SOURCES = ["kernels_scalar.c", "engine.c", "dispatch.c", "threadpool.c", "steps.c",
+                    "llama_forward.c"]
 _AVX2 = ["-mavx2", "-mf16c", "-mpopcnt"]
 SIMD_SOURCES = {
     "x86_64": {
@@ -74,6 +75,36 @@ int eq_step_attend_quantize(const float *q, int64_t q_stride, const float *k, in
 int eq_step_swiglu_quantize(const float *gate, int64_t gate_stride, const float *up,
                             int64_t up_stride, int64_t rows, int64_t f, int64_t block,
                             int8_t *xq, float *xs, float *work);
+
+/* the llama decoder's whole forward pass (llama_forward.h) */
+typedef struct {
+    const eq_qmatrix *qkv[3];
+    const eq_qmatrix *gate_up[2];
+    const eq_qmatrix *wo, *down;
+    const float *attn_norm, *ffn_norm;
+    const float *qkv_bias;
+} eq_llama_block;
+typedef struct {
+    int64_t n_layers, dim, n_heads, n_kv, head_dim, ffn_dim, rope_dim;
+    int32_t neox;
+    float attn_scale;
+    double eps;
+    int64_t block_dim, block_q, block_ffn;
+    const eq_llama_block *blocks;
+    const float *output_norm;
+    const eq_qmatrix *output;
+} eq_llama_model;
+typedef struct {
+    uint16_t *keys, *values;
+    int64_t n_blocks, key_block, capacity;
+} eq_llama_cache;
+int64_t eq_llama_forward_work(const eq_llama_model *m, int64_t rows, int64_t end);
+int eq_llama_forward(const eq_llama_model *m, const eq_llama_cache *cache, float *x,
+                     int64_t rows, int64_t start, const float *cos, const float *sin,
+                     int64_t out_rows, float *logits, void *work, int64_t work_bytes,
+                     int32_t threads);
+int eq_gemm_q8(const eq_qmatrix *w, const int8_t *xq, const float *xs, int64_t m,
+               int64_t act_block, float *out, int32_t threads);
 """
 KINDS = ("int8", "int8_asym", "int4", "int4_asym", "ternary_2bit", "ternary_base3", "binary",
          "pow2")
@@ -114,7 +145,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "edgeq._native",
-    '#include "edgeq_native.h"\n#include "steps.h"',
+    '#include "edgeq_native.h"\n#include "steps.h"\n#include "llama_forward.h"',
     sources=[_rel(name) for name in PORTABLE_SOURCES + list(simd_sources())],
     include_dirs=[_rel(".")],
     extra_compile_args=COMMON_FLAGS,

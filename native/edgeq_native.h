@@ -304,6 +304,10 @@ EQ_DECLARE_KIND(ternary_base3)
 EQ_DECLARE_KIND(binary)
 EQ_DECLARE_KIND(pow2)
 
+/* The matmul of whatever kind w is (for C callers holding matrices of several kinds). */
+int eq_gemm_q8(const eq_qmatrix *w, const int8_t *xq, const float *xs, int64_t m,
+               int64_t act_block, float *out, int32_t threads);
+
 /* out (m, n) int32 = k - 2 popcount(w XOR x) over kb bytes per row. */
 int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m, int64_t kb,
                         int64_t k, int32_t *out, int32_t threads);

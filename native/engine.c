@@ -583,4 +583,10 @@ int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m
     return EQ_OK;
 }
 
+int eq_gemm_q8(const eq_qmatrix *w, const int8_t *xq, const float *xs, int64_t m,
+               int64_t act_block, float *out, int32_t threads)
+{
+    return run_matmul(w, xq, xs, m, act_block, out, threads);
+}
+
 size_t eq_qmatrix_size(void) { return sizeof(eq_qmatrix); }

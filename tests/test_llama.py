@@ -497,6 +497,7 @@ def test_native_fast_path_gives_the_numba_fast_paths_bits(tmp_path, variant):
     path, _, _ = tiny_model(tmp_path, qtype="int4", **VARIANTS[variant])
     native, numba = edgeq.load(path, fused_steps="native"), edgeq.load(path, fused_steps="numba")
     assert (native.steps_backend, numba.steps_backend) == ("native", "numba")
+    assert native.native_pass and not numba.native_pass
     ids = [3, 17, 5, 39, 0, 22, 8, 8, 11, 2]
     np.testing.assert_array_equal(native.logits(ids), numba.logits(ids))
     cache = native.new_cache(16)
@@ -505,6 +506,19 @@ def test_native_fast_path_gives_the_numba_fast_paths_bits(tmp_path, variant):
     np.testing.assert_array_equal(np.concatenate(steps), numba.logits(ids))
     with pytest.raises(ValueError, match="fused_steps"):
         edgeq.load(path, fused_steps="fast")
+
+
+@pytest.mark.parametrize("steps", ["native", "numba", False])
+def test_values_that_are_not_finite_name_their_block(tmp_path, steps):
+    if steps == "native":
+        pytest.importorskip("edgeq.models.llama_native_forward")
+    path, c, w = tiny_model(tmp_path, qtype="int8")
+    w["blk.1.ffn_norm.weight"][3] = np.inf
+    stored = {n: edgeq.quantize(a, "int8", group_size=16) if a.ndim == 2 else a for n, a in w.items()}
+    edgeq.save(path, stored, config=c)
+    m = edgeq.load(path, fused_steps=steps)
+    with pytest.raises(ValueError, match="block 1 residual contains NaN or inf" if steps else "NaN|inf"):
+        m.logits([3, 17, 5])
 
 
 def test_native_steps_do_not_import_numba(tmp_path):

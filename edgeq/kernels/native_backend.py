@@ -238,6 +238,23 @@ def _matrix(qt: QTensor) -> _Matrix:
     return matrix
 
 
+def validated(qt: QTensor) -> _Matrix:
+    """qt as the C struct the kernels read (``.ptr``), validated once and kept with qt; the
+    caller keeps the returned object alive for as long as C may read the struct."""
+    return _matrix(qt)
+
+
+def fits_int32(qt: QTensor, act_block: int) -> bool:
+    """Whether qt's sums against activations quantized in blocks of act_block stay within the
+    reference's int32 accumulator bound (the C kernels run only then)."""
+    return _matrix(qt).sub_block(act_block)[1]
+
+
+def check_status(status: int, what: str) -> None:
+    """Raise the error a native call's status stands for (0: none)."""
+    _check(status, what)
+
+
 def _activations(xq, k: int) -> np.ndarray:
     if type(xq) is np.ndarray and xq.ndim == 2 and xq.dtype == _INT8 and xq.shape[1] == k \
             and xq.flags.c_contiguous:

@@ -223,10 +223,13 @@ class LlamaModel:
         self._steps, self.steps_backend = self._choose_steps(fused_steps)
         self._layer_views = weakref.WeakKeyDictionary()  # KVCache -> its layers for the steps
         self.fast_path = self._steps is not None
+        self._whole_pass = None
         if self.fast_path:
             self._matmul = self._matmul_kernels()
             self._pin(self.output_norm, *(w for b in self.blocks for w in (b.attn_norm,
                                                                             b.ffn_norm)))
+            if self.steps_backend == "native":
+                self._whole_pass = self._native_forward()
 
     def _matrices(self) -> list:
         return [self.output] + [m for b in self.blocks for m in (*b.qkv, b.wo, *b.gate_up, b.w_down)]
@@ -256,6 +259,31 @@ class LlamaModel:
             raise UnsupportedError(f"{self.path}: fused_steps={wanted!r} cannot run: {why}")
         log.info("%s: the numpy path runs: %s", self.path, why)
         return None, None
+
+    @property
+    def native_pass(self) -> bool:
+        """Whether forward() runs as one C call (edgeq.models.llama_native_forward): the
+        native steps with every matrix one the native kernels take, and a float16 cache."""
+        return self._whole_pass is not None
+
+    def _activation_blocks(self) -> tuple[int, int, int]:
+        """Activation quantization blocks of the inputs of width dim, n_heads*head_dim and
+        ffn_dim."""
+        c = self.config
+        return tuple(activation_block(n, 32) for n in (c.dim, c.n_heads * c.head_dim, c.ffn_dim))
+
+    def _native_forward(self):
+        """The whole forward pass in one C call (edgeq.models.llama_native_forward), when
+        every matrix allows it; else None and the per-step path runs."""
+        try:
+            from edgeq.models.llama_native_forward import NativeForward
+        except ImportError as e:
+            log.info("%s: the per-step path runs: %s", self.path, e)
+            return None
+        whole, why = NativeForward.of(self, self._activation_blocks())
+        if whole is None:
+            log.info("%s: the per-step path runs: %s", self.path, why)
+        return whole
 
     def _pin(self, *arrays: np.ndarray) -> None:
         """Arrays the steps will see again and again (the C steps keep their pointers)."""
@@ -421,6 +449,11 @@ class LlamaModel:
         start, end = cache.length, cache.length + t
         angles = np.arange(start, end, dtype=np.float64)[:, None] * self._inv_freq[None, :]
         cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+        if self._whole_pass is not None and cache.dtype == "float16":
+            x = np.ascontiguousarray(self._embed(ids), dtype=np.float32)
+            logits = self._whole_pass.run(x, cache, cos, sin, t if all_logits else 1)
+            cache.advance(t)
+            return logits if all_logits else logits[0]
         if self.fast_path and cache.dtype == "float16":
             return self._forward_steps(ids, cache, cos, sin, all_logits)
         cos, sin = cos[:, None, :], sin[:, None, :]
@@ -456,7 +489,7 @@ class LlamaModel:
         c, steps, mm = self.config, self._steps, self._matmul
         t, start = ids.shape[0], cache.length
         d, qw, kvw = c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-        bd, bq, bf = (activation_block(n, 32) for n in (d, qw, c.ffn_dim))
+        bd, bq, bf = self._activation_blocks()
         xq_d, xs_d = np.empty((t, d), np.int8), np.empty((t, d // bd), np.float32)
         xq_q, xs_q = np.empty((t, qw), np.int8), np.empty((t, qw // bq), np.float32)
         xq_f, xs_f = np.empty((t, c.ffn_dim), np.int8), np.empty((t, c.ffn_dim // bf), np.float32)

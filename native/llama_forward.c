@@ -1,0 +1,201 @@
+/* The llama decoder's forward pass in one call (declared and specified in llama_forward.h). */
+#include <string.h>
+
+#include "llama_forward.h"
+#include "steps.h"
+
+/* ---- scratch ----------------------------------------------------------------------------- */
+
+/* Where each buffer of a pass starts in the caller's scratch, every one 64-byte aligned. */
+typedef struct {
+    size_t qkv, o, gate_up, delta, row, attn, xq_d, xs_d, xq_q, xs_q, xq_f, xs_f, total;
+    int64_t attn_floats;
+} forward_layout;
+
+static size_t carve(size_t *at, int64_t bytes)
+{
+    size_t start = *at;
+    *at += ((size_t)bytes + 63) & ~(size_t)63;
+    return start;
+}
+
+static forward_layout layout_of(const eq_llama_model *m, int64_t rows, int64_t end)
+{
+    int64_t d = m->dim, qw = m->n_heads * m->head_dim, kvw = m->n_kv * m->head_dim,
+            f = m->ffn_dim, widest = d > f ? d : f, fl = (int64_t)sizeof(float);
+    forward_layout l;
+    size_t at = 0;
+    l.attn_floats = eq_step_attend_work(rows, m->n_heads, m->n_kv, m->head_dim, end);
+    l.qkv = carve(&at, rows * (qw + 2 * kvw) * fl);
+    l.o = carve(&at, rows * d * fl);
+    l.gate_up = carve(&at, rows * 2 * f * fl);
+    l.delta = carve(&at, rows * d * fl);
+    l.row = carve(&at, widest * fl);
+    l.attn = carve(&at, l.attn_floats * fl);
+    l.xq_d = carve(&at, rows * d);
+    l.xs_d = carve(&at, rows * (d / m->block_dim) * fl);
+    l.xq_q = carve(&at, rows * qw);
+    l.xs_q = carve(&at, rows * (qw / m->block_q) * fl);
+    l.xq_f = carve(&at, rows * f);
+    l.xs_f = carve(&at, rows * (f / m->block_ffn) * fl);
+    l.total = at + 64;   /* room to align the caller's pointer */
+    return l;
+}
+
+/* ---- argument checks --------------------------------------------------------------------- */
+
+static int matrix_is(const eq_qmatrix *w, int64_t rows, int64_t k)
+{
+    return w && w->rows == rows && w->k == k;
+}
+
+/* A projection group: one fused matrix of sum(widths) rows, or one matrix per width. */
+static int group_is(const eq_qmatrix *const *ws, int parts, const int64_t *widths, int64_t k)
+{
+    if (!ws[1]) {
+        int64_t total = 0;
+        for (int i = 0; i < parts; i++)
+            total += widths[i];
+        for (int i = 2; i < parts; i++)
+            if (ws[i]) return 0;
+        return matrix_is(ws[0], total, k);
+    }
+    for (int i = 0; i < parts; i++)
+        if (!matrix_is(ws[i], widths[i], k)) return 0;
+    return 1;
+}
+
+static int valid_model(const eq_llama_model *m)
+{
+    if (!m || !m->blocks || !m->output_norm || m->n_layers <= 0 || m->dim <= 0 ||
+        m->n_heads <= 0 || m->n_kv <= 0 || m->n_heads % m->n_kv || m->head_dim <= 0 ||
+        m->ffn_dim <= 0 || m->rope_dim < 0 || m->rope_dim % 2 || m->rope_dim > m->head_dim ||
+        m->block_dim <= 0 || m->block_q <= 0 || m->block_ffn <= 0)
+        return 0;
+    int64_t d = m->dim, qw = m->n_heads * m->head_dim, kvw = m->n_kv * m->head_dim,
+            f = m->ffn_dim;
+    if (d % m->block_dim || qw % m->block_q || f % m->block_ffn || !m->output ||
+        m->output->k != d)
+        return 0;
+    const int64_t qkv_widths[3] = {qw, kvw, kvw}, gate_up_widths[2] = {f, f};
+    for (int64_t i = 0; i < m->n_layers; i++) {
+        const eq_llama_block *b = m->blocks + i;
+        if (!b->attn_norm || !b->ffn_norm || !group_is(b->qkv, 3, qkv_widths, d) ||
+            !group_is(b->gate_up, 2, gate_up_widths, d) || !matrix_is(b->wo, d, qw) ||
+            !matrix_is(b->down, d, f))
+            return 0;
+    }
+    return 1;
+}
+
+int64_t eq_llama_forward_work(const eq_llama_model *m, int64_t rows, int64_t end)
+{
+    if (!valid_model(m) || rows <= 0 || end < rows)
+        return EQ_STEP_EARGS;
+    return (int64_t)layout_of(m, rows, end).total;
+}
+
+/* ---- the pass ---------------------------------------------------------------------------- */
+
+/* A projection group's outputs, written into out: part[i] with row stride stride[i]. */
+static int project(const eq_qmatrix *const *ws, int parts, const int64_t *widths,
+                   const int8_t *xq, const float *xs, int64_t rows, int64_t block, float *out,
+                   float **part, int64_t *stride, int32_t threads)
+{
+    if (!ws[1]) {   /* fused: the outputs side by side in each row */
+        int64_t total = 0;
+        for (int i = 0; i < parts; i++)
+            total += widths[i];
+        for (int i = 0, at = 0; i < parts; at += (int)widths[i], i++) {
+            part[i] = out + at;
+            stride[i] = total;
+        }
+        return eq_gemm_q8(ws[0], xq, xs, rows, block, out, threads);
+    }
+    for (int i = 0; i < parts; i++) {
+        part[i] = out;
+        stride[i] = widths[i];
+        int status = eq_gemm_q8(ws[i], xq, xs, rows, block, out, threads);
+        if (status != EQ_OK)
+            return status;
+        out += rows * widths[i];
+    }
+    return EQ_OK;
+}
+
+/* 1 + 4 * layer + step for a step that met a non-finite value; a step's argument error. */
+#define STEP(call, layer, step)                                                          \
+    do {                                                                                 \
+        int step_status = (call);                                                        \
+        if (step_status != 1)                                                            \
+            return step_status == 0 ? (int)(1 + 4 * (layer) + (step)) : step_status;      \
+    } while (0)
+#define MATMUL(call)                                                                     \
+    do {                                                                                 \
+        int matmul_status = (call);                                                      \
+        if (matmul_status != EQ_OK)                                                      \
+            return matmul_status;                                                        \
+    } while (0)
+
+int eq_llama_forward(const eq_llama_model *m, const eq_llama_cache *cache, float *x,
+                     int64_t rows, int64_t start, const float *cos, const float *sin,
+                     int64_t out_rows, float *logits, void *work, int64_t work_bytes,
+                     int32_t threads)
+{
+    int64_t end = start + rows;
+    if (!valid_model(m) || !cache || !cache->keys || !cache->values || !x || !cos || !sin ||
+        !logits || !work || rows <= 0 || start < 0 || out_rows <= 0 || out_rows > rows ||
+        cache->key_block <= 0 || end > cache->capacity ||
+        end > cache->n_blocks * cache->key_block)
+        return EQ_STEP_EARGS;
+    forward_layout l = layout_of(m, rows, end);
+    if (work_bytes < (int64_t)l.total)
+        return EQ_STEP_EARGS;
+    uint8_t *base = (uint8_t *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    float *qkv = (float *)(base + l.qkv), *o = (float *)(base + l.o),
+          *gate_up = (float *)(base + l.gate_up), *delta = (float *)(base + l.delta),
+          *row = (float *)(base + l.row), *attn = (float *)(base + l.attn);
+    int8_t *xq_d = (int8_t *)(base + l.xq_d), *xq_q = (int8_t *)(base + l.xq_q),
+           *xq_f = (int8_t *)(base + l.xq_f);
+    float *xs_d = (float *)(base + l.xs_d), *xs_q = (float *)(base + l.xs_q),
+          *xs_f = (float *)(base + l.xs_f);
+
+    int64_t d = m->dim, hd = m->head_dim, qw = m->n_heads * hd, kvw = m->n_kv * hd,
+            f = m->ffn_dim, bd = m->block_dim, bq = m->block_q, bf = m->block_ffn;
+    const int64_t qkv_widths[3] = {qw, kvw, kvw}, gate_up_widths[2] = {f, f};
+    int64_t key_layer = m->n_kv * cache->n_blocks * hd * cache->key_block,
+            value_layer = m->n_kv * cache->capacity * hd;
+    float *part[3];
+    int64_t stride[3];
+    for (int64_t i = 0; i < m->n_layers; i++) {
+        /* hot loop: one block per iteration, the steps of _forward_steps in its order */
+        const eq_llama_block *b = m->blocks + i;
+        STEP(eq_step_norm_quantize(x, i ? delta : NULL, rows, d, b->attn_norm, m->eps, bd, xq_d,
+                                   xs_d, row), i, 0);
+        MATMUL(project(b->qkv, 3, qkv_widths, xq_d, xs_d, rows, bd, qkv, part, stride, threads));
+        if (b->qkv_bias)
+            for (int p = 0, at = 0; p < 3; at += (int)qkv_widths[p], p++)
+                for (int64_t t = 0; t < rows; t++)
+                    for (int64_t j = 0; j < qkv_widths[p]; j++)
+                        part[p][t * stride[p] + j] += b->qkv_bias[at + j];
+        STEP(eq_step_attend_quantize(part[0], stride[0], part[1], stride[1], part[2], stride[2],
+                                     rows, m->n_heads, m->n_kv, hd, start, cos, sin, m->rope_dim,
+                                     m->neox, m->attn_scale, cache->keys + i * key_layer,
+                                     cache->n_blocks, cache->key_block,
+                                     cache->values + i * value_layer, cache->capacity, bq, xq_q,
+                                     xs_q, attn, l.attn_floats, threads), i, 1);
+        MATMUL(eq_gemm_q8(b->wo, xq_q, xs_q, rows, bq, o, threads));
+        STEP(eq_step_norm_quantize(x, o, rows, d, b->ffn_norm, m->eps, bd, xq_d, xs_d, row), i, 2);
+        MATMUL(project(b->gate_up, 2, gate_up_widths, xq_d, xs_d, rows, bd, gate_up, part,
+                       stride, threads));
+        STEP(eq_step_swiglu_quantize(part[0], stride[0], part[1], stride[1], rows, f, bf, xq_f,
+                                     xs_f, row), i, 3);
+        MATMUL(eq_gemm_q8(b->down, xq_f, xs_f, rows, bf, delta, threads));
+    }
+    int64_t r0 = rows - out_rows;
+    STEP(eq_step_norm_quantize(x + r0 * d, delta + r0 * d, out_rows, d, m->output_norm, m->eps,
+                               bd, xq_d + r0 * d, xs_d + r0 * (d / bd), row), m->n_layers, 0);
+    MATMUL(eq_gemm_q8(m->output, xq_d + r0 * d, xs_d + r0 * (d / bd), out_rows, bd, logits,
+                      threads));
+    return EQ_OK;
+}
