@@ -148,6 +148,8 @@ ffibuilder.set_source(
     '#include "edgeq_native.h"\n#include "steps.h"\n#include "llama_forward.h"',
     sources=[_rel(name) for name in PORTABLE_SOURCES + list(simd_sources())],
     include_dirs=[_rel(".")],
+    # headers too: an edit to one (kernels_x86_fused.h is a template) must rebuild its users
+    depends=[_rel(name) for name in sorted(os.listdir(HERE)) if name.endswith(".h")],
     extra_compile_args=COMMON_FLAGS,
     libraries=["pthread", "m"],  # libm: steps.c calls expf
 )

@@ -352,15 +352,18 @@ static void gemv_crumb_planar(const uint8_t *row, const int8_t *x, int64_t k, in
         if (chunks % 4 == 0) {
             /* four loads at a time: four consecutive slots of each plane */
             for (; j < chunks; j += 4) {
-                __m256i acc[4][4];
+                __m256i acc[4][4];   /* in registers: both loops unrolled (not at -O2 alone) */
+#pragma GCC unroll 4
                 for (int c = 0; c < 4; c++) {
                     __m256i v = _mm256_loadu_si256((const __m256i *)(row + 32 * (j + c)));
+#pragma GCC unroll 4
                     for (int l = 0; l < 4; l++) {
                         __m256i u = _mm256_and_si256(_mm256_srli_epi16(v, 2 * l), mask);
                         __m256i xv = _mm256_loadu_si256((const __m256i *)(x + l * plane + 32 * (j + c)));
                         acc[l][c] = dot_narrow(zero, u, xv);
                     }
                 }
+#pragma GCC unroll 4
                 for (int l = 0; l < 4; l++)
                     _mm_storeu_si128((__m128i *)(raw + l * chunks + j),
                                      sum4(acc[l][0], acc[l][1], acc[l][2], acc[l][3]));
@@ -370,6 +373,7 @@ static void gemv_crumb_planar(const uint8_t *row, const int8_t *x, int64_t k, in
         for (; j < chunks; j++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(row + 32 * j));
             __m256i acc[4];
+#pragma GCC unroll 4
             for (int l = 0; l < 4; l++) {
                 __m256i u = _mm256_and_si256(_mm256_srli_epi16(v, 2 * l), mask);
                 acc[l] = dot_narrow(zero, u, _mm256_loadu_si256((const __m256i *)(x + l * plane + 32 * j)));
