@@ -40,17 +40,20 @@ gpt-oss, solar-open, gemma4 and paddleocr vocabularies are not reproduced.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from edgeq.errors import FormatError, UnsupportedError
-from edgeq.tokenizer.bytes_unicode import bytes_to_symbols, symbols_to_bytes
+from edgeq.tokenizer.bytes_unicode import BYTE_TO_CHAR, bytes_to_symbols, symbols_to_bytes
+from edgeq.tokenizer.merge_table import MergeTable
 from edgeq.tokenizer.pretokenize import get_pretokenizer
+from edgeq.tokenizer.string_table import StringTable
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,7 @@ EOG_TEXTS: frozenset[str] = frozenset({
 
 _HEADER_KIND = "bpe"
 _WORD_CACHE_LIMIT = 1 << 17  # pre-token cache entries kept before the cache is cleared
+MERGE_CHUNK = 4096  # merges split into strings at a time while building
 
 
 class BPETokenizer:
@@ -115,6 +119,10 @@ class BPETokenizer:
 
     Build one with :meth:`from_gguf_fields`, :meth:`from_tokenizer_json` or
     :meth:`from_header`; the constructor takes the already-parsed parts.
+
+    Memory: token texts live in a :class:`~edgeq.tokenizer.string_table.StringTable` and
+    merges in a :class:`~edgeq.tokenizer.merge_table.MergeTable` (flat buffers, about 2.5 MiB
+    for SmolLM2's 49k tokens and merges); the arguments' strings are not kept.
     """
 
     def __init__(
@@ -131,16 +139,17 @@ class BPETokenizer:
         source: str = "tokenizer",
     ) -> None:
         self._pre = get_pretokenizer(pre)
-        self._tokens = _check_tokens(tokens, source)
-        n_vocab = len(self._tokens)
-        self._types = _check_types(token_types, n_vocab, source)
-        self._merges = tuple(merges)
-        pairs = _merge_pairs(self._merges, source)
-        # a repeated pair keeps its first (lowest) rank: the reversed walk writes it last
-        self._ranks: dict[tuple[str, str], int] = {pairs[r]: r for r in range(len(pairs) - 1, -1, -1)}
-        self._token_to_id = {text: i for i, text in enumerate(self._tokens)}
-        if len(self._token_to_id) != n_vocab:
+        texts = _check_tokens(tokens, source)
+        n_vocab = len(texts)
+        self._types = bytes(_check_types(token_types, n_vocab, source))
+        self._tokens = StringTable(texts)
+        if self._tokens.has_duplicates():
             raise FormatError(f"{source}: tokenizer.ggml.tokens holds duplicate token texts")
+        self._merges = MergeTable(self._tokens, texts, _merge_halves(merges, source), BYTE_TO_CHAR)
+        del texts
+        # ASCII byte -> the token whose text is that character (step 4 of the module docstring)
+        self._ascii_ids = tuple(i if i >= 0 else None for i in
+                                self._tokens.find_many([chr(byte) for byte in range(0x80)]).tolist())
 
         self._special_ids = _check_special_ids(special_ids or {}, n_vocab, source)
         self._add_bos = self._pre.add_bos if add_bos is None else bool(add_bos)
@@ -153,14 +162,13 @@ class BPETokenizer:
             raise FormatError(f"{source}: tokenizer.chat_template must be a string")
         self.chat_template = chat_template
 
-        self._attrs = list(self._types)  # types as llama.cpp uses them (overrides below)
+        self._attrs = bytearray(self._types)  # types as llama.cpp uses them (overrides below)
         self._roles = self._find_roles()
         self._eog_ids = self._find_eog()
         kinds = (TOKEN_CONTROL, TOKEN_UNKNOWN, TOKEN_USER_DEFINED)
-        self._specials = sorted(
-            (i for i, kind in enumerate(self._attrs) if kind in kinds),
-            key=lambda i: (-len(self._tokens[i].encode("utf-8", "surrogatepass")), i),
-        )
+        special = np.flatnonzero(np.isin(np.frombuffer(self._attrs, dtype=np.uint8), kinds)).tolist()
+        specials = sorted(special, key=lambda i: (-self._tokens.nbytes(i), i))
+        self._specials = [(i, self._tokens[i]) for i in specials]  # (id, text) in cutting order
         self._pieces: dict[int, bytes] = {}  # filled as tokens are decoded: building all costs ~0.1 s
         self._word_cache: dict[str, tuple[int, ...]] = {}
 
@@ -283,7 +291,8 @@ class BPETokenizer:
             "kind": _HEADER_KIND,
             "pre": self._pre.name,
             "tokens": list(self._tokens),
-            "merges": list(self._merges),
+            "merges": [f"{self._symbol_text(a)} {self._symbol_text(b)}"
+                       for a, b in zip(self._merges.left, self._merges.right)],
             "token_types": list(self._types),
             "special_ids": dict(self._special_ids),
             "add_bos": self.add_bos,
@@ -303,8 +312,9 @@ class BPETokenizer:
         return self._pre.name
 
     @property
-    def tokens(self) -> tuple[str, ...]:
-        """Token texts as stored (byte-level symbols for normal tokens)."""
+    def tokens(self) -> Sequence[str]:
+        """Token texts as stored (byte-level symbols for normal tokens); a read-only sequence
+        that decodes each text when indexed."""
         return self._tokens
 
     @property
@@ -383,10 +393,9 @@ class BPETokenizer:
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
         """Cut special-token texts out of ``text`` (step 1 of the module docstring)."""
         fragments: list[str | int] = [text] if text else []
-        for token_id in self._specials:
+        for token_id, marker in self._specials:
             if not parse_special and self._attrs[token_id] != TOKEN_USER_DEFINED:
                 continue
-            marker = self._tokens[token_id]
             if not any(isinstance(f, str) and marker in f for f in fragments):
                 continue
             cut: list[str | int] = []
@@ -415,62 +424,26 @@ class BPETokenizer:
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         """Steps 3 and 4 of the module docstring for one pre-token."""
-        symbols = bytes_to_symbols(word.encode("utf-8", "surrogatepass"))
-        token_to_id = self._token_to_id
-        if self._pre.ignore_merges and symbols in token_to_id:
-            return (token_to_id[symbols],)
+        data = word.encode("utf-8", "surrogatepass")
+        if self._pre.ignore_merges:
+            whole = self._tokens.find(bytes_to_symbols(data))
+            if whole is not None:
+                return (whole,)
+        merges = self._merges
+        byte_symbols = merges.byte_symbols
         ids = []
-        for part in self._merge(symbols):
-            token_id = token_to_id.get(part)
-            if token_id is not None:
-                ids.append(token_id)
+        for symbol in merges.merge([byte_symbols[byte] for byte in data]):
+            if symbol < merges.n_vocab:
+                ids.append(symbol)
                 continue
-            for byte in part.encode("utf-8"):
-                byte_id = token_to_id.get(chr(byte)) if byte < 0x80 else None
+            for byte in self._symbol_text(symbol).encode("utf-8"):
+                byte_id = self._ascii_ids[byte] if byte < 0x80 else None
                 if byte_id is not None:
                     ids.append(byte_id)
         return tuple(ids)
 
-    def _merge(self, word: str) -> list[str]:
-        """Apply BPE merges to one word (one symbol per character of ``word``).
-
-        A heap holds candidate pairs as (rank, left index, right index, joined length); a
-        popped pair whose symbols changed since it was pushed is stale and skipped, so each
-        step merges the lowest-ranked, leftmost pair present, in O(n log n) for n symbols.
-        """
-        symbols = list(word)
-        n = len(symbols)
-        if n < 2:
-            return symbols
-        ranks = self._ranks
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        heap = []
-        for i in range(n - 1):
-            rank = ranks.get((symbols[i], symbols[i + 1]))
-            if rank is not None:
-                heap.append((rank, i, i + 1, 2))
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, size = heapq.heappop(heap)
-            left_text, right_text = symbols[left], symbols[right]
-            if not left_text or not right_text or len(left_text) + len(right_text) != size:
-                continue  # stale: one side was merged away or grew
-            merged = symbols[left] = left_text + right_text
-            symbols[right] = ""
-            after = nxt[left] = nxt[right]
-            if after >= 0:
-                prv[after] = left
-                rank = ranks.get((merged, symbols[after]))
-                if rank is not None:
-                    heapq.heappush(heap, (rank, left, after, len(merged) + len(symbols[after])))
-            before = prv[left]
-            if before >= 0:
-                rank = ranks.get((symbols[before], merged))
-                if rank is not None:
-                    heapq.heappush(heap, (rank, before, left, len(symbols[before]) + len(merged)))
-        return [s for s in symbols if s]
+    def _symbol_text(self, symbol: int) -> str:
+        return self._merges.text(symbol, self._tokens)
 
     # ----------------------------------------------------------------- decode
 
@@ -512,7 +485,7 @@ class BPETokenizer:
         for role, texts in SPECIAL_TEXTS.items():
             if role in roles:
                 continue
-            found = [self._token_to_id[t] for t in texts if t in self._token_to_id]
+            found = [i for i in map(self._tokens.find, texts) if i is not None]
             if found:
                 roles[role] = min(found)
                 self._make_control(roles[role])
@@ -521,7 +494,7 @@ class BPETokenizer:
     def _find_eog(self) -> frozenset[int]:
         eog = {self._roles[r] for r in ("fim_pad", "fim_rep", "fim_sep") if r in self._roles}
         for text in EOG_TEXTS:
-            token_id = self._token_to_id.get(text)
+            token_id = self._tokens.find(text)
             if token_id is not None:
                 eog.add(token_id)
                 self._make_control(token_id)
@@ -575,18 +548,24 @@ def _check_types(types: Sequence[object] | None, n_vocab: int, source: str) -> t
     return tuple(checked)
 
 
-def _merge_pairs(merges: Sequence[object], source: str) -> list[tuple[str, str]]:
-    """Each merge "a b" as (a, b), split as llama.cpp does: at the first space after the first
-    character (so a symbol may itself start with a space)."""
-    pairs = []
-    for i, merge in enumerate(merges):
-        if not isinstance(merge, str):
-            raise FormatError(f"{source}: tokenizer.ggml.merges[{i}] must be a string, got {type(merge).__name__}")
-        cut = merge.find(" ", 1)
-        if cut < 0:
-            raise FormatError(f"{source}: tokenizer.ggml.merges[{i}] = {merge!r} is not two symbols 'a b'")
-        pairs.append((merge[:cut], merge[cut + 1:]))
-    return pairs
+def _merge_halves(merges: Sequence[object], source: str) -> Iterator[tuple[list[str], list[str]]]:
+    """The two symbols of each merge "a b", split as llama.cpp does: at the first space after
+    the first character (so a symbol may itself start with a space); in chunks of
+    MERGE_CHUNK merges, so that few of these short strings exist at a time."""
+    for start in range(0, len(merges), MERGE_CHUNK):
+        chunk = merges[start:start + MERGE_CHUNK]
+        try:
+            cuts = [merge.find(" ", 1) for merge in chunk]  # type: ignore[union-attr]
+        except (AttributeError, TypeError):  # not a str: found below
+            cuts = []
+        if len(cuts) != len(chunk) or min(cuts, default=0) < 0:
+            for i, merge in enumerate(chunk, start):
+                if not isinstance(merge, str):
+                    raise FormatError(f"{source}: tokenizer.ggml.merges[{i}] must be a string, got {type(merge).__name__}")
+                if merge.find(" ", 1) < 0:
+                    raise FormatError(f"{source}: tokenizer.ggml.merges[{i}] = {merge!r} is not two symbols 'a b'")
+        yield ([merge[:cut] for merge, cut in zip(chunk, cuts)],  # type: ignore[index]
+               [merge[cut + 1:] for merge, cut in zip(chunk, cuts)])  # type: ignore[index]
 
 
 def _check_special_ids(special_ids: Mapping[str, object], n_vocab: int, source: str) -> dict[str, int]:
