@@ -221,10 +221,74 @@ static int64_t attend_per_head(int64_t hd, int64_t end)
     return 2 * hd * end + end + hd;   /* kt, vf, scores, qr */
 }
 
+/* ---- decoding (one row): the cache widened piece by piece --------------------------------
+ * With one query row, widening a key/value head whole (above) writes and rereads more than
+ * the attention itself computes. Here each key/value head widens at most PIECE keys of one
+ * dimension, or VALUE_ROWS value rows, at a time into a buffer that stays in L1, and every
+ * query head of its group runs the same axpys over them. Every score and output element
+ * still takes its terms in the same order from the same float32 values, so the bits are
+ * those of attend_heads. */
+#define PIECE 256
+#define VALUE_ROWS 32
+
+static int64_t piece_per_head(int64_t group, int64_t hd, int64_t end)
+{
+    int64_t piece = PIECE > VALUE_ROWS * hd ? PIECE : VALUE_ROWS * hd;
+    return group * (end + hd) + piece;   /* scores and qr of each query head, the piece */
+}
+
+static void attend_heads_by_piece(void *ctx, int64_t g0, int64_t g1)
+{
+    const attend_task *a = ctx;
+    int64_t hd = a->hd, seen = a->end, kb = a->key_block, group = a->group;
+    eq_halves_fn widen = eq_simd()->halves_to_float;
+    for (int64_t g = g0; g < g1; g++) {
+        float *scores = a->work + g * a->per_head, *qr = scores + group * seen,
+              *piece = qr + group * hd;
+        for (int64_t r = 0; r < group; r++) {
+            float *q = qr + r * hd;
+            rope_row(a->q + (g * group + r) * hd, q, a->cos, a->sin, a->rope_dim, a->neox, hd);
+            for (int64_t j = 0; j < hd; j++)
+                q[j] *= a->scale;
+        }
+        for (int64_t p = 0; p < group * seen; p++)
+            scores[p] = 0.0f;
+        const uint16_t *blocks = a->keys + g * a->n_blocks * hd * kb;
+        for (int64_t base = 0; base < seen;) {
+            /* a piece: at most PIECE positions, all in one key block */
+            int64_t b = base / kb, at = base % kb, count = seen - base;
+            count = count < PIECE ? count : PIECE;
+            count = count < kb - at ? count : kb - at;
+            for (int64_t j = 0; j < hd; j++) {
+                widen(blocks + (b * hd + j) * kb + at, count, piece);
+                for (int64_t r = 0; r < group; r++)
+                    axpy(scores + r * seen + base, piece, qr[r * hd + j], count);
+            }
+            base += count;
+        }
+        for (int64_t r = 0; r < group; r++)
+            softmax(scores + r * seen, seen);
+        const uint16_t *values = a->values + g * a->capacity * hd;
+        for (int64_t p0 = 0; p0 < seen; p0 += VALUE_ROWS) {
+            int64_t count = seen - p0 < VALUE_ROWS ? seen - p0 : VALUE_ROWS;
+            widen(values + p0 * hd, count * hd, piece);
+            for (int64_t r = 0; r < group; r++) {
+                float *o = a->out + (g * group + r) * hd;
+                for (int64_t p = 0; p < count; p++)
+                    axpy(o, piece + p * hd, scores[r * seen + p0 + p], hd);
+            }
+        }
+    }
+}
+
 int64_t eq_step_attend_work(int64_t rows, int64_t n_heads, int64_t n_kv, int64_t head_dim,
                             int64_t end)
 {
-    return n_kv * attend_per_head(head_dim, end) + head_dim + rows * n_heads * head_dim;
+    if (n_kv <= 0 || n_heads <= 0 || n_heads % n_kv || head_dim <= 0)
+        return EQ_STEP_EARGS;
+    int64_t heads = rows == 1 ? piece_per_head(n_heads / n_kv, head_dim, end)
+                              : attend_per_head(head_dim, end);
+    return n_kv * heads + head_dim + rows * n_heads * head_dim;
 }
 
 int eq_step_attend_quantize(const float *q, int64_t q_stride, const float *k, int64_t k_stride,
@@ -263,9 +327,11 @@ int eq_step_attend_quantize(const float *q, int64_t q_stride, const float *k, in
     }
     memset(out, 0, (size_t)(rows * width) * sizeof(float));
     attend_task task = {q, cos, sin, q_stride, rows, n_heads, n_heads / n_kv, hd, start, end,
-                        rope_dim, n_blocks, key_block, capacity, attend_per_head(hd, end),
+                        rope_dim, n_blocks, key_block, capacity,
+                        rows == 1 ? piece_per_head(n_heads / n_kv, hd, end)
+                                  : attend_per_head(hd, end),
                         neox != 0, scale, keys, values, heads, out};
-    eq_parallel_for(attend_heads, &task, n_kv, 1, threads);
+    eq_parallel_for(rows == 1 ? attend_heads_by_piece : attend_heads, &task, n_kv, 1, threads);
     int finite = 1;
     for (int64_t t = 0; t < rows; t++)
         finite &= eq_step_quantize_row(out + t * width, width, block, xq + t * width,
