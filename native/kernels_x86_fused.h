@@ -79,8 +79,9 @@ X86_INLINE void slots_tile(const uint8_t *src, int flip, int wide, const int8_t 
     const __m256i flipv = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
     int64_t nslots = k / EQ_SLOT;
     for (int64_t s = 0; s < nslots; s += 4) {
-        __m256i acc[EQ_MAX_TILE][4];
+        __m256i acc[EQ_MAX_TILE][4];   /* in registers: the loops unrolled (not at -O2 alone) */
         int n = nslots - s < 4 ? (int)(nslots - s) : 4;
+#pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             if (j >= n) {
                 for (int i = 0; i < mt; i++)
@@ -91,11 +92,13 @@ X86_INLINE void slots_tile(const uint8_t *src, int flip, int wide, const int8_t 
             __m256i u = _mm256_loadu_si256((const __m256i *)(src + at));
             if (flip)
                 u = _mm256_xor_si256(u, flipv);
+#pragma GCC unroll 4
             for (int i = 0; i < mt; i++) {
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(x + i * xstride + at));
                 acc[i][j] = wide ? dot_wide(zero, u, xv) : dot_narrow(zero, u, xv);
             }
         }
+#pragma GCC unroll 4
         for (int i = 0; i < mt; i++)  /* raw has EQ_RAW_PAD slack for the last 4 */
             _mm_storeu_si128((__m128i *)(raw + i * rstride + s),
                              sum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
