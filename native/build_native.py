@@ -57,6 +57,14 @@ int eq_quantize_q8(const float *x, int64_t m, int64_t k, int64_t block, int8_t *
 int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m, int64_t kb,
                         int64_t k, int32_t *out, int32_t threads);
 
+/* prepared matrices (engine.c) */
+typedef struct eq_prepared eq_prepared;
+eq_prepared *eq_prepare_q8(const eq_qmatrix *w, int64_t act_block);
+size_t eq_prepared_bytes(const eq_prepared *p);
+void eq_prepared_free(eq_prepared *p);
+int eq_gemm_prepared_q8(const eq_prepared *p, const int8_t *xq, const float *xs, int64_t m,
+                        float *out, int32_t threads);
+
 /* the llama decoder's fused steps (steps.h) */
 void eq_floats_to_halves(const float *x, int64_t n, uint16_t *out);
 int eq_step_quantize_row(const float *h, int64_t k, int64_t block, int8_t *q, float *scales);

@@ -7,7 +7,8 @@
  *            the row decoded once into scratch, EQ_MAX_TILE activation rows per pass (m > 1);
  *   panel    the fused case with m >= EQ_PANEL_MIN_M where the variant has a panel kernel
  *            (AVX-512 VNNI): 16 weight rows packed once into a panel interleaved by four
- *            codes, then every activation row against it (see eq_panel);
+ *            codes, then every activation row against it (see eq_panel); a prepared matrix
+ *            (eq_prepare_q8) holds its panels packed once, and takes this path at every m;
  *   generic  otherwise: decode the row into scratch, dot per sub-block.
  * block_sums (integer sums only) always takes the generic decode + dot route.
  * Rows are split over the persistent thread pool in chunks; results never depend on the split.
@@ -203,6 +204,7 @@ typedef struct {
     int panel;             /* fused, m >= EQ_PANEL_MIN_M and the variant has a panel kernel */
     const int8_t *xq;      /* (m, k) */
     const int8_t *xp;      /* m == 1 with plan.prep: the prepared activation row */
+    const eq_prepared *prepared;  /* panel with the panels packed beforehand, else NULL */
     int64_t m, sub, nsub;
     const int32_t *xsum;   /* (m, nsub) sum of q per sub-block */
     const float *xs;       /* (m, nsub) activation scale per sub-block */
@@ -314,45 +316,85 @@ static void panel_side(const eq_qmatrix *w, int64_t r, int j, int64_t sub, int32
     }
 }
 
-/* Rows [begin, end) EQ_PANEL at a time: pack the panel (and its weight side) once, then the
- * variant's panel kernel runs every activation row against it. */
+/* ---- prepared matrices: the panels packed once --------------------------------------------- */
+
+struct eq_prepared {
+    eq_qmatrix w;              /* the caller's matrix (its arrays must outlive this) */
+    const eq_simd_table *t;    /* the variant the panels were packed for */
+    eq_plan plan;
+    int64_t act_block, sub, nsub;
+    size_t block_bytes;        /* one panel: k * EQ_PANEL bytes v, then ws, wm, off per [nsub][EQ_PANEL] */
+    size_t bytes;              /* all panels */
+    uint8_t *data;             /* ceil(rows / EQ_PANEL) panels, 64-byte aligned */
+};
+
+/* The eq_panel of panel block `at` (see struct eq_prepared) for w and sub. */
+static eq_panel panel_view(const eq_qmatrix *w, const eq_plan *plan, int64_t sub, uint8_t *at)
+{
+    int64_t nsub = w->k / sub;
+    size_t side = (size_t)nsub * EQ_PANEL;
+    float *ws = (float *)(at + (size_t)w->k * EQ_PANEL), *wm = ws + side;
+    int32_t *off = (int32_t *)(wm + (w->mins ? side : 0));
+    return (eq_panel){.w = at, .k = w->k, .sub = sub, .nsub = nsub, .mult = kind_mult(w->kind),
+                      .off_c = kind_offset(w->kind) - plan->adjust, .off = w->zeros ? off : NULL,
+                      .ws = ws, .wm = w->mins ? wm : NULL};
+}
+
+/* Bytes of one panel block (64-byte multiple: k and nsub * EQ_PANEL * 4 are). */
+static size_t panel_block_bytes(const eq_qmatrix *w, int64_t sub)
+{
+    size_t side = (size_t)(w->k / sub) * EQ_PANEL * 4;
+    return (size_t)w->k * EQ_PANEL + side * (1 + (w->mins != NULL) + (w->zeros != NULL));
+}
+
+/* Packs rows r0.. r0+nr-1 (nr <= EQ_PANEL; missing rows are zeros, their outputs never stored)
+ * and their weight side into the panel block at `at`; u is scratch for EQ_PANEL decoded rows
+ * of u_stride bytes when the plan decodes. */
+static void pack_panel(const eq_qmatrix *w, const eq_simd_table *t, const eq_plan *plan,
+                       int64_t sub, int64_t r0, int nr, uint8_t *u, size_t u_stride, uint8_t *at)
+{
+    eq_panel p = panel_view(w, plan, sub, at);
+    const uint8_t *rows[EQ_PANEL] = {NULL};
+    for (int j = 0; j < nr; j++) {
+        rows[j] = w->codes + (r0 + j) * w->row_bytes;
+        if (plan->decoded) {
+            t->decode[w->kind](rows[j], w->k, w->pack_group, u + j * u_stride);
+            rows[j] = u + j * u_stride;
+        }
+    }
+    t->panel_pack(rows, w->k, plan->flip ? 0x80808080u : 0, at);
+    for (int j = 0; j < EQ_PANEL; j++)
+        panel_side(w, j < nr ? r0 + j : -1, j, sub, plan->adjust, (float *)p.ws, (float *)p.wm,
+                   (int32_t *)p.off);
+}
+
+/* Rows [begin, end) EQ_PANEL at a time: pack the panel (and its weight side) once, or take it
+ * from the prepared matrix, then the variant's panel kernel runs every activation row against it. */
 static void panel_rows(matmul_job *job, int64_t begin, int64_t end)
 {
     const eq_qmatrix *w = job->w;
     const eq_simd_table *t = job->t;
-    const eq_plan *plan = &job->plan;
+    const eq_prepared *prep = job->prepared;
     int64_t k = w->k, nsub = job->nsub;
-    size_t u_bytes = plan->decoded ? (size_t)EQ_PANEL * (((size_t)k + 64 + 63) & ~(size_t)63) : 0;
-    size_t panel_bytes = (size_t)k * EQ_PANEL;
-    size_t side = (size_t)nsub * EQ_PANEL;
-    size_t raw_n = (size_t)EQ_PANEL_TILE * side;
-    uint8_t *u = scratch_get(SCRATCH_ROW, u_bytes + panel_bytes + 3 * side * 4 + raw_n * 4);
+    size_t u_stride = ((size_t)k + 64 + 63) & ~(size_t)63;
+    size_t u_bytes = !prep && job->plan.decoded ? (size_t)EQ_PANEL * u_stride : 0;
+    size_t block = prep ? 0 : panel_block_bytes(w, job->sub);
+    size_t raw_n = (size_t)EQ_PANEL_TILE * (size_t)nsub * EQ_PANEL;
+    uint8_t *u = scratch_get(SCRATCH_ROW, u_bytes + block + raw_n * 4);
     if (!u) {
         job->status = EQ_ENOMEM;
         return;
     }
     uint8_t *packed = u + u_bytes;
-    float *ws = (float *)(packed + panel_bytes), *wm = ws + side;
-    int32_t *off = (int32_t *)(wm + side), *raw = off + side;
-    const uint32_t flip = plan->flip ? 0x80808080u : 0;
-    eq_panel p = {.w = packed, .k = k, .sub = job->sub, .nsub = nsub, .mult = kind_mult(w->kind),
-                  .off_c = kind_offset(w->kind) - plan->adjust, .off = w->zeros ? off : NULL,
-                  .ws = ws, .wm = w->mins ? wm : NULL};
+    int32_t *raw = (int32_t *)(packed + block);
     for (int64_t r0 = begin; r0 < end; r0 += EQ_PANEL) {
         int nr = (int)(end - r0 < EQ_PANEL ? end - r0 : EQ_PANEL);
-        const uint8_t *rows[EQ_PANEL] = {NULL};
-        for (int j = 0; j < nr; j++) {
-            rows[j] = w->codes + (r0 + j) * w->row_bytes;
-            if (plan->decoded) {
-                uint8_t *dst = u + j * (u_bytes / EQ_PANEL);
-                t->decode[w->kind](rows[j], k, w->pack_group, dst);
-                rows[j] = dst;
-            }
-        }
-        t->panel_pack(rows, k, flip, packed);
-        /* missing rows get zeros; their outputs are not stored */
-        for (int j = 0; j < EQ_PANEL; j++)
-            panel_side(w, j < nr ? r0 + j : -1, j, job->sub, plan->adjust, ws, wm, off);
+        uint8_t *at = packed;
+        if (prep)
+            at = prep->data + (size_t)(r0 / EQ_PANEL) * prep->block_bytes;
+        else
+            pack_panel(w, t, &job->plan, job->sub, r0, nr, u, u_stride, packed);
+        eq_panel p = panel_view(w, &job->plan, job->sub, at);
         t->panel(&p, job->xq, job->m, job->xsum, job->xs, job->y + r0, w->rows, nr, raw);
     }
 }
@@ -434,17 +476,23 @@ static void matmul_rows(void *arg, int64_t begin, int64_t end)
     }
 }
 
-static int run_matmul(const eq_qmatrix *w, const int8_t *xq, const float *xs, int64_t m,
-                      int64_t act_block, float *y, int32_t threads)
+/* prep: the matrix's panels packed beforehand for this act_block and variant, or NULL. */
+static int run_matmul(const eq_qmatrix *w, const eq_prepared *prep, const int8_t *xq,
+                      const float *xs, int64_t m, int64_t act_block, float *y, int32_t threads)
 {
     if (!valid_matrix(w) || !xq || !xs || !y || !w->scales || m <= 0 || act_block <= 0 ||
         w->k % act_block)
         return EQ_EINVAL;
     int64_t k = w->k, sub = gcd64(w->scale_block, act_block), nsub = k / sub;
     matmul_job job = {.w = w, .t = eq_simd(), .xq = xq, .m = m, .sub = sub, .nsub = nsub,
-                      .y = y, .status = EQ_OK};
-    job.fused = sub % EQ_SLOT == 0 && job.t->plan && job.t->plan(w, m, &job.plan);
-    job.panel = job.fused && m >= EQ_PANEL_MIN_M && job.t->panel;
+                      .y = y, .prepared = prep, .status = EQ_OK};
+    if (prep) {
+        job.fused = job.panel = 1;
+        job.plan = prep->plan;
+    } else {
+        job.fused = sub % EQ_SLOT == 0 && job.t->plan && job.t->plan(w, m, &job.plan);
+        job.panel = job.fused && m >= EQ_PANEL_MIN_M && job.t->panel;
+    }
     int need_xp = job.fused && m == 1 && job.plan.gemv && job.plan.prep;
     int need_xs = act_block != sub;
     /* per call: sums of q and scales per sub-block, the prepared activations */
@@ -513,7 +561,7 @@ int eq_quantize_q8(const float *x, int64_t m, int64_t k, int64_t block, int8_t *
                             int64_t act_block, float *out, int32_t threads)                    \
     {                                                                                          \
         if (!w || w->kind != KIND) return EQ_EINVAL;                                           \
-        return run_matmul(w, xq, xs, m, act_block, out, threads);                              \
+        return run_matmul(w, NULL, xq, xs, m, act_block, out, threads);                        \
     }                                                                                          \
     int eq_vec_dot_##name##_q8(const eq_qmatrix *w, const int8_t *xq, const float *xs,        \
                                int64_t act_block, float *out, int32_t threads)                \
@@ -528,6 +576,58 @@ EQ_DEFINE_KIND(ternary_2bit, EQ_TERNARY_2BIT)
 EQ_DEFINE_KIND(ternary_base3, EQ_TERNARY_BASE3)
 EQ_DEFINE_KIND(binary, EQ_BINARY)
 EQ_DEFINE_KIND(pow2, EQ_POW2)
+
+eq_prepared *eq_prepare_q8(const eq_qmatrix *w, int64_t act_block)
+{
+    if (!valid_matrix(w) || !w->scales || act_block <= 0 || w->k % act_block)
+        return NULL;
+    const eq_simd_table *t = eq_simd();
+    int64_t sub = gcd64(w->scale_block, act_block);
+    eq_plan plan;
+    /* the plan the panel path takes (m >= EQ_PANEL_MIN_M) */
+    if (sub % EQ_SLOT || !t->plan || !t->panel || !t->plan(w, EQ_PANEL_MIN_M, &plan))
+        return NULL;
+    eq_prepared *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    *p = (eq_prepared){.w = *w, .t = t, .plan = plan, .act_block = act_block, .sub = sub,
+                       .nsub = w->k / sub, .block_bytes = panel_block_bytes(w, sub)};
+    int64_t npanels = (w->rows + EQ_PANEL - 1) / EQ_PANEL;
+    p->bytes = (size_t)npanels * p->block_bytes;
+    size_t u_stride = ((size_t)w->k + 64 + 63) & ~(size_t)63;
+    uint8_t *u = plan.decoded ? malloc(EQ_PANEL * u_stride) : NULL;
+    p->data = aligned_alloc(64, p->bytes);
+    if (!p->data || (plan.decoded && !u)) {
+        free(u);
+        eq_prepared_free(p);
+        return NULL;
+    }
+    for (int64_t i = 0; i < npanels; i++) {
+        int64_t r0 = i * EQ_PANEL;
+        int nr = (int)(w->rows - r0 < EQ_PANEL ? w->rows - r0 : EQ_PANEL);
+        pack_panel(w, t, &plan, sub, r0, nr, u, u_stride, p->data + (size_t)i * p->block_bytes);
+    }
+    free(u);
+    return p;
+}
+
+size_t eq_prepared_bytes(const eq_prepared *p) { return p ? sizeof *p + p->bytes : 0; }
+
+void eq_prepared_free(eq_prepared *p)
+{
+    if (p)
+        free(p->data);
+    free(p);
+}
+
+int eq_gemm_prepared_q8(const eq_prepared *p, const int8_t *xq, const float *xs, int64_t m,
+                        float *out, int32_t threads)
+{
+    if (!p)
+        return EQ_EINVAL;
+    /* another variant selected since: its own path (every variant gives the same results) */
+    return run_matmul(&p->w, eq_simd() == p->t ? p : NULL, xq, xs, m, p->act_block, out, threads);
+}
 
 typedef struct {
     const uint8_t *w, *x;
@@ -586,7 +686,22 @@ int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m
 int eq_gemm_q8(const eq_qmatrix *w, const int8_t *xq, const float *xs, int64_t m,
                int64_t act_block, float *out, int32_t threads)
 {
-    return run_matmul(w, xq, xs, m, act_block, out, threads);
+    return run_matmul(w, NULL, xq, xs, m, act_block, out, threads);
+}
+
+eq_qmatrix eq_qmatrix_rows(const eq_qmatrix *w, int64_t r0, int64_t n)
+{
+    eq_qmatrix v = *w;
+    int64_t per_row = w->scale_rows == 1 ? 0 : ngroups(w);   /* tensor scale: shared */
+    v.rows = n;
+    v.codes = w->codes + r0 * w->row_bytes;
+    v.scale_rows = w->scale_rows == 1 ? 1 : n;
+    v.scales = (const char *)w->scales + r0 * per_row * (w->scale_f16 ? 2 : 4);
+    if (w->mins)
+        v.mins = w->mins + r0 * per_row;
+    if (w->zeros)
+        v.zeros = w->zeros + r0 * per_row;
+    return v;
 }
 
 size_t eq_qmatrix_size(void) { return sizeof(eq_qmatrix); }

@@ -350,6 +350,44 @@ def test_fused_int8_path_matches_per_layer_path(tmp_path):
         fused.embed(TEXTS)
 
 
+@needs_numba
+def test_fused_int8_workspace_sizes_and_threads(tmp_path):
+    """The fused int8 forward's workspace: kept and grown between calls, a separate one past
+    KEPT_ROWS tokens or while another thread holds it; every way gives the same bits. On the
+    native backend the matmuls read prepared (pre-packed) weights where the CPU has the panel
+    kernel: the same bits as the plain matmuls."""
+    folder, _ = tiny_bert_folder(tmp_path / "hf")
+    path = convert_hf(folder, tmp_path / "tiny8.eqm", qtype="int8")
+    fused, plain = edgeq.load(path), edgeq.load(path)
+    for d in plain._denses:
+        d.prepared = None  # Dense.matmul_q8 on every call
+    texts = [" ".join(["word"] * n) for n in range(1, 36, 2)] * 2  # up to 36 texts of 37 tokens
+    want = plain.embed(texts, batch_size=36)
+    assert 36 * 30 > bert.Q8Workspace.KEPT_ROWS
+    for batch_size in (1, 3, 36):  # kept (64 rows), grown (128), then one of its own (> 256)
+        np.testing.assert_array_equal(fused.embed(texts, batch_size), want)
+    assert fused._q8_kept.rows == 128
+    results = [None] * 4
+
+    def work(i):
+        results[i] = fused.embed(texts, batch_size=1 + i)
+
+    import threading
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got in results:
+        np.testing.assert_array_equal(got, want)
+    try:
+        from edgeq.kernels import native_backend
+    except ImportError:
+        return
+    if native_backend.simd_variant() == "avx512":
+        assert all(d.prepared is not None for d in fused._denses)
+
+
 def test_padding_never_reaches_per_token_layers(tmp_path, monkeypatch):
     """Linear layers only ever see real tokens, so padding cannot enter activation scales; a
     text gets the same embedding alone and padded in a batch."""
@@ -358,10 +396,14 @@ def test_padding_never_reaches_per_token_layers(tmp_path, monkeypatch):
     texts = ["one two three four five six seven eight", "one two three", "one two three four five"]
     lengths = [len(model.tokenizer.encode(t)) for t in texts]
     rows_seen = []
-    call, call_q8 = Dense.__call__, Dense.matmul_q8
+    call, bind_q8 = Dense.__call__, Dense.bind_q8
+
+    def spy_bind(self, xq, xs, out):  # the fused int8 forward's matmuls on its workspace
+        run = bind_q8(self, xq, xs, out)
+        return lambda m: rows_seen.append(m) or run(m)
+
     monkeypatch.setattr(Dense, "__call__", lambda self, x: rows_seen.append(x.shape[0]) or call(self, x))
-    monkeypatch.setattr(Dense, "matmul_q8",
-                        lambda self, xq, xs: rows_seen.append(xq.shape[0]) or call_q8(self, xq, xs))
+    monkeypatch.setattr(Dense, "bind_q8", spy_bind)
     batched = model.embed(texts, batch_size=3)
     assert rows_seen and set(rows_seen) == {sum(lengths)}
     layout = BatchLayout.of(sorted(lengths, reverse=True))

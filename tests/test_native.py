@@ -365,3 +365,70 @@ def test_wheel_builds_without_a_compiler(tmp_path):
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert "edgeq/kernels/native_backend.py" in names
     assert not any("_native" in n and n.endswith((".so", ".pyd")) for n in names)
+
+
+# ---- prepared matrices: the panels packed once ----------------------------------------------
+
+PREPARED_SPECS = [("int8", "row", 0, True, ""), ("int8", "group", 32, True, ""),
+                  ("int8", "row", 0, False, ""), ("int8", "group", 64, False, ""),
+                  ("int4", "group", 32, True, ""), ("int4", "group", 64, False, "")]
+
+
+def _prepared_or_skip(qt, act_block):
+    prepared = nb.prepare(qt, act_block)
+    if prepared is None:
+        pytest.skip(f"no panel path on the {nb.simd_variant()} variant")
+    return prepared
+
+
+@needs_native
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.sampled_from(PREPARED_SPECS), rows=st.sampled_from([1, 5, 17, 35]),
+       k=st.sampled_from([64, 192, 320]), m=st.sampled_from([1, 2, 3, 7, 8, 13]),
+       act=st.sampled_from([32, 64]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**32 - 1))
+def test_prepared_matmul_matches_reference(spec, rows, k, m, act, threads, seed):
+    """Random component bytes and int8 activations including -128: the prepared panels give
+    matmul()'s bits at every m (m < 8 reaches the panel kernel only this way), on 1 and 2
+    threads, and the NumPy reference within float rounding."""
+    rng = np.random.default_rng(seed)
+    qt = random_qtensor(rng, spec, rows, k)
+    xq = rng.integers(-128, 128, (m, k), dtype=np.int16).astype(np.int8)
+    xs = rng.random((m, k // act), dtype=np.float32)
+    want = numpy_backend.matmul(qt, xq, xs, act)
+    prepared = _prepared_or_skip(qt, act)
+    assert prepared.nbytes >= -(-rows // 16) * 16 * k
+    nb.set_threads(threads)
+    try:
+        got = prepared.matmul(xq, xs)
+        assert got.tobytes() == nb.matmul(qt, xq, xs, act).tobytes()
+    finally:
+        nb.set_threads(None)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@needs_native
+def test_prepared_bound_buffers_and_other_variants():
+    rng = np.random.default_rng(11)
+    qt = quantize(rng.standard_normal((40, 96)).astype(np.float32), "int8")
+    xq, xs = ref.quantize_activations(rng.standard_normal((6, 96)).astype(np.float32), 32)
+    prepared = _prepared_or_skip(qt, 32)
+    want = nb.matmul(qt, xq, xs, 32)
+    out = np.zeros((6, 40), dtype=np.float32)
+    run = prepared.bind(xq, xs, out)
+    run(4)  # the first rows only
+    assert out[:4].tobytes() == want[:4].tobytes() and not out[4:].any()
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="outside the bound buffers"):
+            run(bad)
+    with pytest.raises(ValueError, match="out"):
+        prepared.bind(xq, xs, np.zeros((6, 41), dtype=np.float32))
+    with pytest.raises(ValueError, match="activation scales"):
+        prepared.matmul(xq, xs[:, :2])
+    try:  # packed for one variant, run on another: that variant's own path, same bits
+        for variant in nb.variants():
+            nb.use_variant(variant)
+            assert prepared.matmul(xq, xs).tobytes() == want.tobytes(), variant
+    finally:
+        nb.use_variant(nb.variants()[-1])
+    assert nb.prepare(quantize(rng.standard_normal((4, 48)).astype(np.float32), "int8"), 48) is None

@@ -338,6 +338,77 @@ def matmul(qt, xq, xs, act_block, out=None):
     return out
 
 
+class PreparedMatrix:
+    """A weight's panels packed once for activation blocks of `act_block` (C eq_prepare_q8):
+    matmul without repacking the weight on every call, bit for bit matmul()'s results.
+
+    Costs `nbytes` of memory (about rows * k bytes, plus the scales expanded per panel) on top
+    of the weight, which it reads too (keep the QTensor unchanged). Made by prepare()."""
+
+    def __init__(self, matrix: _Matrix, handle, act_block: int):
+        self.matrix, self.act_block = matrix, act_block
+        self.shape = (matrix.rows, matrix.k)
+        self._handle = handle
+        self.nbytes = int(lib.eq_prepared_bytes(handle))
+
+    def matmul(self, xq, xs, out=None):
+        """Like matmul(qt, xq, xs, self.act_block, out)."""
+        (n, k), block = self.shape, self.act_block
+        xq = _activations(xq, k)
+        m = xq.shape[0]
+        _array(xs, np.float32, (m, k // block), "activation scales")
+        if out is None:
+            out = np.empty((m, n), dtype=np.float32)
+        else:
+            _array(out, np.float32, (m, n), "out")
+            if not out.flags.writeable:
+                raise ValueError("out is read-only")
+        if m:
+            _check(lib.eq_gemm_prepared_q8(self._handle, ffi.from_buffer("int8_t[]", xq),
+                                           ffi.from_buffer("float[]", xs), m,
+                                           ffi.from_buffer("float[]", out), _thread_count),
+                   "prepared matmul")
+        return out
+
+    def bind(self, xq: np.ndarray, xs: np.ndarray, out: np.ndarray):
+        """A function run(m) -> None computing out[:m] from xq[:m], xs[:m]: the buffers are
+        checked and their pointers taken once, for a forward pass that reuses them (m rows
+        of up to len(xq) at a time)."""
+        (n, k), block = self.shape, self.act_block
+        cap = len(xq)
+        _array(xq, np.int8, (cap, k), "quantized activations")
+        _array(xs, np.float32, (cap, k // block), "activation scales")
+        _array(out, np.float32, (cap, n), "out")
+        if not out.flags.writeable:
+            raise ValueError("out is read-only")
+        handle, gemm = self._handle, lib.eq_gemm_prepared_q8
+        pointers = (ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xs),
+                    ffi.from_buffer("float[]", out, require_writable=True))
+
+        def run(m: int) -> None:
+            if not 0 < m <= cap:
+                raise ValueError(f"rows {m} outside the bound buffers' 1..{cap}")
+            _check(gemm(handle, pointers[0], pointers[1], m, pointers[2], _thread_count),
+                   "prepared matmul")
+        return run
+
+
+def prepare(qt, act_block: int) -> PreparedMatrix | None:
+    """qt's panels packed once for activation blocks of act_block, or None where the C
+    kernels have no panel path for it (no AVX-512 VNNI, k or the sub-block not a multiple of
+    32) or the reference's int32 accumulator bound does not hold."""
+    matrix = _matrix(qt)
+    act_block = _positive_int(act_block, "act_block")
+    if matrix.k % act_block:
+        raise ValueError(f"act_block {act_block} does not divide the row length {matrix.k}")
+    if not matrix.sub_block(act_block)[1]:
+        return None
+    handle = lib.eq_prepare_q8(matrix.ptr, act_block)
+    if handle == ffi.NULL:
+        return None
+    return PreparedMatrix(matrix, ffi.gc(handle, lib.eq_prepared_free), act_block)
+
+
 def xnor(w_bits, x_bits, k):
     """Sign-vector dot products k - 2 popcount(w XOR x): int32 (m, n)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
