@@ -1,4 +1,5 @@
 /* The llama decoder's forward pass in one call (declared and specified in llama_forward.h). */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "llama_forward.h"
@@ -97,6 +98,53 @@ int64_t eq_llama_forward_work(const eq_llama_model *m, int64_t rows, int64_t end
 
 /* ---- the pass ---------------------------------------------------------------------------- */
 
+/* ---- decoding: the GEMVs of a projection group in one parallel region --------------------- */
+
+/* Rows per chunk of a group's GEMVs: a multiple of 8 (the kernels combine eight rows at once)
+ * and about four chunks per thread, so small matrices (k and v: 192 rows in SmolLM2) are
+ * shared too and the group costs one fork and join instead of one per matrix. */
+#define GROUP_ROW_ALIGN 8
+#define GROUP_CHUNKS_PER_THREAD 4
+
+typedef struct {
+    const eq_qmatrix *const *ws;
+    int parts;
+    const int8_t *xq;
+    const float *xs;
+    int64_t block;
+    float *out;               /* the parts' outputs one after another */
+    _Atomic int status;       /* the first failure of any chunk */
+} group_task;
+
+/* Rows [begin, end) of the group's rows counted across its parts, on one thread: each part's
+ * share as a matrix of its own (eq_qmatrix_rows; the sums do not depend on the split). */
+static void group_rows(void *ctx, int64_t begin, int64_t end)
+{
+    group_task *g = ctx;
+    for (int i = 0, lo = 0; i < g->parts && lo < end; lo += (int)g->ws[i]->rows, i++) {
+        int64_t hi = lo + g->ws[i]->rows, r0 = begin > lo ? begin : lo, r1 = end < hi ? end : hi;
+        if (r0 >= r1)
+            continue;
+        eq_qmatrix view = eq_qmatrix_rows(g->ws[i], r0 - lo, r1 - r0);
+        int status = eq_gemm_q8(&view, g->xq, g->xs, 1, g->block, g->out + r0, 1);
+        if (status != EQ_OK)
+            g->status = status;
+    }
+}
+
+static int gemv_group(const eq_qmatrix *const *ws, int parts, const int8_t *xq, const float *xs,
+                      int64_t block, float *out, int32_t threads)
+{
+    int64_t total = 0;
+    for (int i = 0; i < parts; i++)
+        total += ws[i]->rows;
+    int64_t chunk = total / ((int64_t)threads * GROUP_CHUNKS_PER_THREAD);
+    chunk = (chunk + GROUP_ROW_ALIGN - 1) / GROUP_ROW_ALIGN * GROUP_ROW_ALIGN;
+    group_task task = {ws, parts, xq, xs, block, out, EQ_OK};
+    eq_parallel_for(group_rows, &task, total, chunk > 0 ? chunk : GROUP_ROW_ALIGN, threads);
+    return task.status;
+}
+
 /* A projection group's outputs, written into out: part[i] with row stride stride[i]. */
 static int project(const eq_qmatrix *const *ws, int parts, const int64_t *widths,
                    const int8_t *xq, const float *xs, int64_t rows, int64_t block, float *out,
@@ -112,13 +160,18 @@ static int project(const eq_qmatrix *const *ws, int parts, const int64_t *widths
         }
         return eq_gemm_q8(ws[0], xq, xs, rows, block, out, threads);
     }
+    float *at = out;
     for (int i = 0; i < parts; i++) {
-        part[i] = out;
+        part[i] = at;
         stride[i] = widths[i];
-        int status = eq_gemm_q8(ws[i], xq, xs, rows, block, out, threads);
+        at += rows * widths[i];
+    }
+    if (rows == 1 && threads > 1)
+        return gemv_group(ws, parts, xq, xs, block, out, threads);
+    for (int i = 0; i < parts; i++) {
+        int status = eq_gemm_q8(ws[i], xq, xs, rows, block, part[i], threads);
         if (status != EQ_OK)
             return status;
-        out += rows * widths[i];
     }
     return EQ_OK;
 }
