@@ -146,7 +146,10 @@ def cmd_similarity(args) -> int:
 def cmd_bench(args) -> int:
     if args.target == "kernels":
         from edgeq.bench_kernels import format_table, run
-        print(format_table(run(quick=args.quick)))
+        if not (args.quick or args.backends or args.verbose):
+            print("measuring every backend on every weight kind and shape: this takes a long "
+                  "while (--quick or --backend native for less, -v for progress)", file=sys.stderr)
+        print(format_table(run(quick=args.quick, backends=args.backends)))
         return 0
     import edgeq
     from edgeq import cache
@@ -251,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark the kernels (`edgeq bench kernels`) or a model")
     p.add_argument("target", help="'kernels' or a model path")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--backend", action="append", dest="backends", metavar="NAME",
+                   help="kernels: measure only this backend (numpy, numba, native; repeatable)")
     p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser("inspect", help="list the tensors of an .eqm file with types, sizes and totals")

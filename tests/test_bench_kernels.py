@@ -16,3 +16,9 @@ def test_every_weight_kind_has_a_benchmark_layout():
 def test_random_weights_are_valid_tensors_of_the_kind(kind):
     qt = bench_kernels.random_weight(kind, (16, 128), np.random.default_rng(0))
     assert qt.shape == (16, 128) and qt.spec == bench_kernels.KIND_SPECS[kind]
+
+
+def test_cli_names_an_unknown_backend(capsys):
+    from edgeq.cli import main
+    assert main(["bench", "kernels", "--backend", "fortran"]) == 2
+    assert "unknown backend 'fortran'" in capsys.readouterr().err
