@@ -7,7 +7,8 @@
  * Both dots multiply signed bytes, so a decoded byte u (0..255) enters as u ^ 0x80 = u - 128
  * and 128 * sum(q) is added back: sum u*q = sum (u-128)*q + 128 * sum q, exact for every
  * byte. Decoders use one shift and one mask per vector, TBL for the pow2 lookup and an 8-bit
- * multiply for base-3 trits.
+ * multiply for base-3 trits. Only the SDOT build has the packed-panel GEMM (panel and
+ * panel_pack, see eq_panel: m >= EQ_PANEL_MIN_M and prepared matrices).
  */
 #include <arm_neon.h>
 #include <math.h>
@@ -368,6 +369,191 @@ static void combine(const eq_rowscale *rs, int nr, const int32_t *raw, int64_t r
     }
 }
 
+#ifdef EQ_NEON_DOTPROD
+/* ---- m > 1 with SDOT: the packed panel (see eq_panel) ----------------------------------------
+ * A step (four codes of the panel's 16 rows) is 64 bytes: four vectors of four rows each. The
+ * by-element SDOT multiplies one of them by four activations picked from a register, so 16
+ * activations of a row (four steps) are one load, and a tile of four activation rows keeps
+ * 16 accumulators (rows 4c..4c+3 of activation row i in acc[i][c]) in the 32 registers.
+ * Sums wrap modulo 2^32 like the slot sums. The plain armv8-a build has no panel: without
+ * SDOT a broadcast product costs a widening multiply and a pairwise add per half vector. */
+#define PANEL_ROWS 4   /* activation rows per pass over a panel (within EQ_PANEL_TILE) */
+
+#define NEON_INLINE static inline __attribute__((always_inline))
+
+/* acc[i][c] += four codes of rows 4c..4c+3 (w + 16c) times lane L of xv[i], for i < mt. */
+#define PANEL_LANE(L)                                                                        \
+    do {                                                                                     \
+        const int8x16_t w0 = vld1q_s8(wq + 64 * (L)), w1 = vld1q_s8(wq + 64 * (L) + 16);     \
+        const int8x16_t w2 = vld1q_s8(wq + 64 * (L) + 32), w3 = vld1q_s8(wq + 64 * (L) + 48); \
+        _Pragma("GCC unroll 4") for (int i = 0; i < mt; i++) {                               \
+            acc[i][0] = vdotq_laneq_s32(acc[i][0], w0, xv[i], L);                            \
+            acc[i][1] = vdotq_laneq_s32(acc[i][1], w1, xv[i], L);                            \
+            acc[i][2] = vdotq_laneq_s32(acc[i][2], w2, xv[i], L);                            \
+            acc[i][3] = vdotq_laneq_s32(acc[i][3], w3, xv[i], L);                            \
+        }                                                                                    \
+    } while (0)
+
+/* raw[(i * nsub + s) * EQ_PANEL + j]: sub-block s of panel row j against activation row i.
+ * Sub-blocks are a multiple of EQ_SLOT codes (engine.c's fused path): whole loads of 16
+ * activations (four steps). */
+_Static_assert(EQ_SLOT % 16 == 0, "four panel steps per load of activations");
+NEON_INLINE void panel_tile(const int8_t *w, const int8_t *x, int64_t k, const int mt,
+                            int64_t nsub, int64_t steps, int32_t *raw)
+{
+    for (int64_t s = 0; s < nsub; s++) {
+        int32x4_t acc[PANEL_ROWS][4];
+#pragma GCC unroll 4
+        for (int i = 0; i < mt; i++)
+            acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = vdupq_n_s32(0);
+        const int8_t *xs = x + s * steps * 4, *wq = w + s * steps * 4 * EQ_PANEL;
+        for (int64_t q = 0; q < steps; q += 4, xs += 16, wq += 16 * EQ_PANEL) {
+            int8x16_t xv[PANEL_ROWS];
+#pragma GCC unroll 4
+            for (int i = 0; i < mt; i++)
+                xv[i] = vld1q_s8(xs + i * k);
+            PANEL_LANE(0);
+            PANEL_LANE(1);
+            PANEL_LANE(2);
+            PANEL_LANE(3);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < mt; i++) {
+            int32_t *r = raw + (i * nsub + s) * EQ_PANEL;
+            vst1q_s32(r, acc[i][0]);
+            vst1q_s32(r + 4, acc[i][1]);
+            vst1q_s32(r + 8, acc[i][2]);
+            vst1q_s32(r + 12, acc[i][3]);
+        }
+    }
+}
+#undef PANEL_LANE
+
+/* Sub-block s of panel rows 4c..4c+3 added to *part (and the mins' *partm): the scalar rule
+ * of eq_combine_partials lane by lane. */
+NEON_INLINE void panel_step(const eq_panel *p, int c, const int32_t *raw, const int32_t *xsum,
+                            const float *xs, int64_t s, float32x4_t *part, float32x4_t *partm,
+                            const int has_off, const int has_wm)
+{
+    const int64_t at = s * EQ_PANEL + 4 * c;
+    int32x4_t r = vld1q_s32(raw + at);
+    if (p->mult != 1)
+        r = vmulq_s32(r, vdupq_n_s32(p->mult));
+    int32x4_t o = has_off ? vmulq_s32(vld1q_s32(p->off + at), vdupq_n_s32(xsum[s]))
+                          : vdupq_n_s32((int32_t)((uint32_t)p->off_c * (uint32_t)xsum[s]));
+    float32x4_t x = vdupq_n_f32(xs[s]);
+    float32x4_t w = vmulq_f32(x, vld1q_f32(p->ws + at));
+    *part = vaddq_f32(*part, vmulq_f32(vcvtq_f32_s32(vsubq_s32(r, o)), w));
+    if (has_wm) {
+        float32x4_t v = vmulq_f32(x, vld1q_f32(p->wm + at));
+        *partm = vaddq_f32(*partm, vmulq_f32(vdupq_n_f32((float)xsum[s]), v));
+    }
+}
+
+/* One activation row's outputs for the panel's rows (nr of them), four rows at a time: partial
+ * s % EQ_PARTIALS per sub-block, then the partials and the mins' partials summed in order
+ * from 0.0f, as eq_combine_finish does. */
+NEON_INLINE void panel_combine(const eq_panel *p, const int32_t *raw, const int32_t *xsum,
+                               const float *xs, float *y, int nr, const int has_off,
+                               const int has_wm)
+{
+    const int64_t nsub = p->nsub;
+    for (int c = 0; 4 * c < nr; c++) {
+        float32x4_t part[EQ_PARTIALS], partm[EQ_PARTIALS];
+#pragma GCC unroll 8
+        for (int h = 0; h < EQ_PARTIALS; h++)
+            part[h] = partm[h] = vdupq_n_f32(0.0f);
+        int64_t s = 0;
+        for (; s + EQ_PARTIALS <= nsub; s += EQ_PARTIALS) {
+#pragma GCC unroll 8
+            for (int h = 0; h < EQ_PARTIALS; h++)
+                panel_step(p, c, raw, xsum, xs, s + h, &part[h], &partm[h], has_off, has_wm);
+        }
+#pragma GCC unroll 8
+        for (int h = 0; h < EQ_PARTIALS; h++)
+            if (s + h < nsub)
+                panel_step(p, c, raw, xsum, xs, s + h, &part[h], &partm[h], has_off, has_wm);
+        float32x4_t sum = vdupq_n_f32(0.0f), summ = vdupq_n_f32(0.0f);
+#pragma GCC unroll 8
+        for (int h = 0; h < EQ_PARTIALS; h++) {
+            sum = vaddq_f32(sum, part[h]);
+            summ = vaddq_f32(summ, partm[h]);
+        }
+        sum = vaddq_f32(sum, summ);
+        if (4 * c + 4 <= nr) {
+            vst1q_f32(y + 4 * c, sum);
+        } else {
+            float v[4];
+            vst1q_f32(v, sum);
+            memcpy(y + 4 * c, v, sizeof(float) * (size_t)(nr - 4 * c));
+        }
+    }
+}
+
+static void panel(const eq_panel *p, const int8_t *x, int64_t m, const int32_t *xsum,
+                  const float *xs, float *y, int64_t ystride, int nr, int32_t *raw)
+{
+    const int64_t k = p->k, nsub = p->nsub, steps = p->sub / 4;
+    const int8_t *w = (const int8_t *)p->w;
+    const int has_off = p->off != NULL, has_wm = p->wm != NULL;
+    for (int64_t i0 = 0; i0 < m; i0 += PANEL_ROWS) {
+        int mt = (int)(m - i0 < PANEL_ROWS ? m - i0 : PANEL_ROWS);
+        const int8_t *xt = x + i0 * k;
+        switch (mt) {  /* each tile height specialised by inlining */
+        case 1: panel_tile(w, xt, k, 1, nsub, steps, raw); break;
+        case 2: panel_tile(w, xt, k, 2, nsub, steps, raw); break;
+        case 3: panel_tile(w, xt, k, 3, nsub, steps, raw); break;
+        default: panel_tile(w, xt, k, 4, nsub, steps, raw); break;
+        }
+        for (int i = 0; i < mt; i++) {
+            const int64_t row = i0 + i;
+            const int32_t *ri = raw + i * nsub * EQ_PANEL;
+            const int32_t *qs = xsum + row * nsub;
+            const float *fs = xs + row * nsub;
+            float *yi = y + row * ystride;
+            if (has_off)
+                has_wm ? panel_combine(p, ri, qs, fs, yi, nr, 1, 1) : panel_combine(p, ri, qs, fs, yi, nr, 1, 0);
+            else
+                has_wm ? panel_combine(p, ri, qs, fs, yi, nr, 0, 1) : panel_combine(p, ri, qs, fs, yi, nr, 0, 0);
+        }
+    }
+}
+
+/* Panel bytes (see eq_panel): per 16 bytes of four rows, a 4 x 4 transpose of 32-bit words
+ * puts word q of the four rows in one vector; a NULL row gives zeros. */
+static void panel_pack(const uint8_t *const *rows, int64_t k, uint32_t flip, uint8_t *out)
+{
+    const uint32x4_t flipv = vdupq_n_u32(flip);
+    int64_t j = 0;
+    for (; j + 16 <= k; j += 16, out += 16 * EQ_PANEL) {
+        for (int g = 0; g < EQ_PANEL; g += 4) {
+            uint32x4_t r[4];
+            for (int i = 0; i < 4; i++)
+                r[i] = rows[g + i] ? veorq_u32(vreinterpretq_u32_u8(vld1q_u8(rows[g + i] + j)), flipv)
+                                   : vdupq_n_u32(0);
+            uint32x4_t t0 = vtrn1q_u32(r[0], r[1]), t1 = vtrn2q_u32(r[0], r[1]);
+            uint32x4_t t2 = vtrn1q_u32(r[2], r[3]), t3 = vtrn2q_u32(r[2], r[3]);
+            uint64x2_t a0 = vreinterpretq_u64_u32(t0), a1 = vreinterpretq_u64_u32(t1);
+            uint64x2_t a2 = vreinterpretq_u64_u32(t2), a3 = vreinterpretq_u64_u32(t3);
+            uint8_t *o = out + 4 * g;  /* word q of rows g..g+3 at (q * EQ_PANEL + g) * 4 */
+            vst1q_u8(o, vreinterpretq_u8_u64(vtrn1q_u64(a0, a2)));
+            vst1q_u8(o + 4 * EQ_PANEL, vreinterpretq_u8_u64(vtrn1q_u64(a1, a3)));
+            vst1q_u8(o + 8 * EQ_PANEL, vreinterpretq_u8_u64(vtrn2q_u64(a0, a2)));
+            vst1q_u8(o + 12 * EQ_PANEL, vreinterpretq_u8_u64(vtrn2q_u64(a1, a3)));
+        }
+    }
+    for (; j < k; j += 4, out += 4 * EQ_PANEL)
+        for (int i = 0; i < EQ_PANEL; i++) {
+            uint32_t v = 0;
+            if (rows[i]) {
+                memcpy(&v, rows[i] + j, 4);
+                v ^= flip;
+            }
+            memcpy(out + 4 * i, &v, 4);
+        }
+}
+#endif
+
 static int plan(const eq_qmatrix *w, int64_t m, eq_plan *p)
 {
     const int64_t group = w->pack_group;
@@ -474,4 +660,8 @@ const eq_simd_table TABLE = {
     .plan = plan,
     .slots = slots,
     .combine = combine,
+#ifdef EQ_NEON_DOTPROD
+    .panel = panel,
+    .panel_pack = panel_pack,
+#endif
 };
