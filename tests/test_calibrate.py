@@ -18,7 +18,7 @@ from edgeq.calibrate.awq import awq, channel_scales
 from edgeq.calibrate.gptq import gptq
 from edgeq.calibrate.grid import Grid
 from edgeq.calibrate.hqq import hqq
-from edgeq.calibrate.mixed import allocate, sensitivities
+from edgeq.calibrate.mixed import allocate, probed_errors, relative_errors, sensitivities
 from edgeq.calibrate.recipe import (AWQParams, CalibrationSettings, GPTQParams, HQQParams, Override,
                                     Recipe, WeightConfig)
 from edgeq.calibrate.rtn import rtn
@@ -342,6 +342,43 @@ def test_sensitive_layers_get_wider_types():
         allocate(sizes, errors, costs, budget=2.0)
     with pytest.raises(ValueError):
         allocate(sizes, {"quiet": errors["quiet"]}, costs, budget=3.5)
+
+
+def test_probed_errors_weigh_units_by_their_measured_loss():
+    """One loss call per unit with the whole unit at the probe grid; the other candidates keep the
+    relative errors' ratios; the unit whose loss is larger gets the wider type."""
+    rng = np.random.default_rng(12)
+    grids = {"int2": Grid("int2", 32, False), "int4": Grid("int4", 32, False)}
+    weights = {n: rng.standard_normal((16, 64)).astype(np.float32) for n in ("a", "b", "c")}
+    stats = {n: InputStats.from_inputs(rng.standard_normal((50, 64))) for n in weights}
+    units = [("a", "b"), ("c",)]
+    sizes, relative = relative_errors(weights, stats, units, grids)
+    assert sizes == {"a": 2048, "c": 1024}
+    gains = {"a": 1.0, "b": 1.0, "c": 0.01}
+    calls = []
+
+    def loss_with(replaced):
+        calls.append(sorted(replaced))
+        return sum(gains[n] * float(np.sum((weights[n] - w) ** 2)) for n, w in replaced.items())
+
+    errors = probed_errors(loss_with, weights, units, relative, "int2", grids)
+    assert calls == [["a", "b"], ["c"]]
+    for key, unit in (("a", ("a", "b")), ("c", ("c",))):
+        loss = sum(gains[n] * float(np.sum((weights[n] - grids["int2"].rtn(weights[n]).dequantize()) ** 2))
+                   for n in unit)
+        assert math.isclose(errors[key]["int2"], loss, rel_tol=1e-9)
+        assert math.isclose(errors[key]["int4"] / errors[key]["int2"],
+                            relative[key]["int4"] / relative[key]["int2"], rel_tol=1e-9)
+    costs = {c: g.bits_per_weight for c, g in grids.items()}  # 3.0 and 5.0
+    assert allocate(sizes, errors, costs, 4.4) == {"a": "int4", "c": "int2"}  # room for a alone
+    gains["c"] = 100.0
+    assert allocate(sizes, probed_errors(loss_with, weights, units, relative, "int2", grids),
+                    costs, 4.4) == {"a": "int2", "c": "int4"}
+    assert probed_errors(lambda r: -1.0, weights, units, relative, "int2", grids)["c"]["int4"] == 0.0
+    with pytest.raises(ValueError, match="probe"):
+        probed_errors(loss_with, weights, units, {"a": {"int4": 1.0}, "c": {"int4": 1.0}}, "int2", grids)
+    with pytest.raises(ValueError, match="loss"):
+        probed_errors(lambda r: float("nan"), weights, units, relative, "int2", grids)
 
 
 # --- observers ------------------------------------------------------------------------------------

