@@ -264,7 +264,7 @@ class LlamaModel:
     def native_pass(self) -> bool:
         """Whether forward() runs as one C call (edgeq.models.llama_native_forward): the
         native steps with every matrix one the native kernels take, and a float16 cache."""
-        return self._whole_pass is not None
+        return self.fast_path and self._whole_pass is not None
 
     def _activation_blocks(self) -> tuple[int, int, int]:
         """Activation quantization blocks of the inputs of width dim, n_heads*head_dim and
@@ -449,7 +449,7 @@ class LlamaModel:
         start, end = cache.length, cache.length + t
         angles = np.arange(start, end, dtype=np.float64)[:, None] * self._inv_freq[None, :]
         cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-        if self._whole_pass is not None and cache.dtype == "float16":
+        if self.fast_path and self._whole_pass is not None and cache.dtype == "float16":
             x = np.ascontiguousarray(self._embed(ids), dtype=np.float32)
             logits = self._whole_pass.run(x, cache, cos, sin, t if all_logits else 1)
             cache.advance(t)
