@@ -674,81 +674,101 @@ static void x86_combine(const eq_rowscale *rs, int nr, const int32_t *raw, int64
 
 #if EQ_VNNI
 /* ---- m > 1: the packed panel (see eq_panel), 16 rows per 512-bit vector ----------------------
- * Per activation row, one accumulator holds the running sub-block sums of all 16 rows; a
+ * Per activation row, an accumulator holds the running sub-block sums of all 16 rows; a
  * step is one weight load shared by the tile's rows and one VPDPBUSD per row against four
- * activations broadcast. Sums wrap modulo 2^32 like the slot sums. */
-X86_INLINE void panel_tile(const uint8_t *w, const int8_t *x, int64_t k, const int mt,
-                           int64_t nsub, int64_t steps, int32_t *raw)
+ * activations broadcast. Sums wrap modulo 2^32 like the slot sums. The combine runs straight
+ * from the accumulators, with no sums stored: sub-blocks are visited partial by partial
+ * (s = q, q + 8, ... for q = 0..7), so an activation row needs one register for the partial
+ * being built and one for the running total, which then is the scalar rule's sum of the
+ * partials in order 0..7. */
+
+/* Accumulators per activation row: short tiles split a sub-block's steps over several (exact
+ * integer sums in any order) so that VPDPBUSD's latency is hidden. */
+#define PANEL_NACC(mt) ((mt) == 1 ? 4 : (mt) <= 4 ? 2 : 1)
+
+/* tot[i] = activation row i's outputs for the panel's rows, without the mins term; x, xsum
+ * and xs start at the tile's first row. simple: mult is 1 and the offset one constant, so
+ * the offset term starts the accumulator instead of being multiplied in afterwards. */
+X86_INLINE void panel_tile(const eq_panel *p, const int8_t *x, const int mt, const int32_t *xsum,
+                           const float *xs, __m512 *tot, const int simple)
 {
-    for (int64_t s = 0; s < nsub; s++) {
-        __m512i acc[EQ_PANEL_TILE];
+    const int na = PANEL_NACC(mt);
+    const int64_t k = p->k, nsub = p->nsub, steps = p->sub / 4;  /* a multiple of 8 */
+#pragma GCC unroll 8
+    for (int i = 0; i < mt; i++)
+        tot[i] = _mm512_setzero_ps();
+    for (int q = 0; q < EQ_PARTIALS; q++) {
+        __m512 part[EQ_PANEL_TILE];
 #pragma GCC unroll 8
         for (int i = 0; i < mt; i++)
-            acc[i] = _mm512_setzero_si512();
-        const int8_t *xs = x + s * steps * 4;
-        for (int64_t q = 0; q < steps; q++, w += 4 * EQ_PANEL, xs += 4) {
-            __m512i wv = _mm512_loadu_si512(w);
+            part[i] = _mm512_setzero_ps();
+        for (int64_t s = q; s < nsub; s += EQ_PARTIALS) {
+            const uint8_t *w = p->w + s * steps * 4 * EQ_PANEL;
+            const int8_t *xb = x + s * steps * 4;
+            __m512i acc[EQ_PANEL_TILE][4];
 #pragma GCC unroll 8
             for (int i = 0; i < mt; i++) {
-                int32_t four;
-                memcpy(&four, xs + i * k, 4);
-                acc[i] = _mm512_dpbusd_epi32(acc[i], wv, _mm512_set1_epi32(four));
+#pragma GCC unroll 4
+                for (int a = 0; a < na; a++)
+                    acc[i][a] = _mm512_setzero_si512();
+                if (simple)  /* isum = raw - off * xsum, wrapping */
+                    acc[i][0] = _mm512_set1_epi32(
+                        (int32_t)(0u - (uint32_t)p->off_c * (uint32_t)xsum[i * nsub + s]));
+            }
+            /* eight steps (one 32-code slot) straight-line: a loop carrying the accumulators
+             * step by step costs register copies at -O2 */
+            for (int64_t t = 0; t < steps; t += 8, w += 8 * 4 * EQ_PANEL, xb += 8 * 4) {
+#pragma GCC unroll 8
+                for (int u = 0; u < 8; u++) {
+                    const int a = u % na;
+                    __m512i wv = _mm512_loadu_si512(w + u * 4 * EQ_PANEL);
+#pragma GCC unroll 8
+                    for (int i = 0; i < mt; i++) {
+                        int32_t four;
+                        memcpy(&four, xb + i * k + 4 * u, 4);
+                        acc[i][a] = _mm512_dpbusd_epi32(acc[i][a], wv, _mm512_set1_epi32(four));
+                    }
+                }
+            }
+            __m512 ws = _mm512_loadu_ps(p->ws + s * EQ_PANEL);
+#pragma GCC unroll 8
+            for (int i = 0; i < mt; i++) {
+                __m512i r = acc[i][0];
+#pragma GCC unroll 4
+                for (int a = 1; a < na; a++)
+                    r = _mm512_add_epi32(r, acc[i][a]);
+                if (!simple) {
+                    const int32_t xq = xsum[i * nsub + s];
+                    if (p->mult != 1)
+                        r = _mm512_mullo_epi32(r, _mm512_set1_epi32(p->mult));
+                    __m512i o = p->off
+                        ? _mm512_mullo_epi32(_mm512_loadu_si512(p->off + s * EQ_PANEL), _mm512_set1_epi32(xq))
+                        : _mm512_set1_epi32((int32_t)((uint32_t)p->off_c * (uint32_t)xq));
+                    r = _mm512_sub_epi32(r, o);
+                }
+                __m512 f = _mm512_mul_ps(_mm512_set1_ps(xs[i * nsub + s]), ws);
+                part[i] = _mm512_add_ps(part[i], _mm512_mul_ps(_mm512_cvtepi32_ps(r), f));
             }
         }
 #pragma GCC unroll 8
         for (int i = 0; i < mt; i++)
-            _mm512_storeu_si512(raw + (i * nsub + s) * EQ_PANEL, acc[i]);
+            tot[i] = _mm512_add_ps(tot[i], part[i]);
     }
 }
 
-X86_INLINE void panel_step(const eq_panel *p, const int32_t *raw, const int32_t *xsum,
-                           const float *xs, int64_t s, __m512 *part, __m512 *partm,
-                           const int has_off, const int has_wm)
+/* One activation row's mins term for the panel's rows, summed like tot in panel_tile. */
+X86_INLINE __m512 panel_mins(const eq_panel *p, const int32_t *xsum, const float *xs)
 {
-    __m512i r = _mm512_loadu_si512(raw + s * EQ_PANEL);
-    if (p->mult != 1)
-        r = _mm512_mullo_epi32(r, _mm512_set1_epi32(p->mult));
-    __m512i o = has_off
-        ? _mm512_mullo_epi32(_mm512_loadu_si512(p->off + s * EQ_PANEL), _mm512_set1_epi32(xsum[s]))
-        : _mm512_set1_epi32((int32_t)((uint32_t)p->off_c * (uint32_t)xsum[s]));
-    __m512 x = _mm512_set1_ps(xs[s]);
-    __m512 w = _mm512_mul_ps(x, _mm512_loadu_ps(p->ws + s * EQ_PANEL));
-    *part = _mm512_add_ps(*part, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, o)), w));
-    if (has_wm) {
-        __m512 v = _mm512_mul_ps(x, _mm512_loadu_ps(p->wm + s * EQ_PANEL));
-        *partm = _mm512_add_ps(*partm, _mm512_mul_ps(_mm512_set1_ps((float)xsum[s]), v));
+    __m512 tot = _mm512_setzero_ps();
+    for (int q = 0; q < EQ_PARTIALS; q++) {
+        __m512 part = _mm512_setzero_ps();
+        for (int64_t s = q; s < p->nsub; s += EQ_PARTIALS) {
+            __m512 v = _mm512_mul_ps(_mm512_set1_ps(xs[s]), _mm512_loadu_ps(p->wm + s * EQ_PANEL));
+            part = _mm512_add_ps(part, _mm512_mul_ps(_mm512_set1_ps((float)xsum[s]), v));
+        }
+        tot = _mm512_add_ps(tot, part);
     }
-}
-
-/* One activation row's outputs for the panel's rows: the scalar combine rule in each lane
- * (partial s % EQ_PARTIALS, partials then the mins' partials added in order). */
-X86_INLINE void panel_combine(const eq_panel *p, const int32_t *raw, const int32_t *xsum,
-                              const float *xs, float *y, int nr, const int has_off, const int has_wm)
-{
-    const int64_t nsub = p->nsub;
-    __m512 p0 = _mm512_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, p4 = p0, p5 = p0, p6 = p0, p7 = p0;
-    __m512 m0 = p0, m1 = p0, m2 = p0, m3 = p0, m4 = p0, m5 = p0, m6 = p0, m7 = p0;
-    int64_t s = 0;
-#define PANEL_STEPS(STEP)                                                                    \
-    STEP(0, p0, m0) STEP(1, p1, m1) STEP(2, p2, m2) STEP(3, p3, m3)                          \
-    STEP(4, p4, m4) STEP(5, p5, m5) STEP(6, p6, m6) STEP(7, p7, m7)
-#define FULL_STEP(q, P, M) panel_step(p, raw, xsum, xs, s + q, &P, &M, has_off, has_wm);
-#define TAIL_STEP(q, P, M) if (s + q < nsub) panel_step(p, raw, xsum, xs, s + q, &P, &M, has_off, has_wm);
-    for (; s + EQ_PARTIALS <= nsub; s += EQ_PARTIALS) {
-        PANEL_STEPS(FULL_STEP)
-    }
-    if (s < nsub) {
-        PANEL_STEPS(TAIL_STEP)
-    }
-#undef FULL_STEP
-#undef TAIL_STEP
-#undef PANEL_STEPS
-    const __m512 z = _mm512_setzero_ps();
-    __m512 sum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(
-        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(z, p0), p1), p2), p3), p4), p5), p6), p7);
-    __m512 summ = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(
-        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(z, m0), m1), m2), m3), m4), m5), m6), m7);
-    _mm512_mask_storeu_ps(y, (__mmask16)((1u << nr) - 1), _mm512_add_ps(sum, summ));
+    return tot;
 }
 
 /* 16 rows x 16 four-byte words -> word q of every row in r[q]. */
@@ -805,31 +825,32 @@ static void x86_panel_pack(const uint8_t *const *rows, int64_t k, uint32_t flip,
 static void x86_panel(const eq_panel *p, const int8_t *x, int64_t m, const int32_t *xsum,
                       const float *xs, float *y, int64_t ystride, int nr, int32_t *raw)
 {
-    const int64_t k = p->k, nsub = p->nsub, steps = p->sub / 4;
-    const int has_off = p->off != NULL, has_wm = p->wm != NULL;
+    (void)raw;  /* the combine runs from registers (panel_tile) */
+    const int64_t k = p->k, nsub = p->nsub;
+    const int simple = p->mult == 1 && !p->off;
+    const __mmask16 lanes = (__mmask16)((1u << nr) - 1);
     for (int64_t i0 = 0; i0 < m; i0 += EQ_PANEL_TILE) {
         int mt = (int)(m - i0 < EQ_PANEL_TILE ? m - i0 : EQ_PANEL_TILE);
         const int8_t *xt = x + i0 * k;
-        switch (mt) {  /* each tile height specialised by inlining */
-        case 1: panel_tile(p->w, xt, k, 1, nsub, steps, raw); break;
-        case 2: panel_tile(p->w, xt, k, 2, nsub, steps, raw); break;
-        case 3: panel_tile(p->w, xt, k, 3, nsub, steps, raw); break;
-        case 4: panel_tile(p->w, xt, k, 4, nsub, steps, raw); break;
-        case 5: panel_tile(p->w, xt, k, 5, nsub, steps, raw); break;
-        case 6: panel_tile(p->w, xt, k, 6, nsub, steps, raw); break;
-        case 7: panel_tile(p->w, xt, k, 7, nsub, steps, raw); break;
-        default: panel_tile(p->w, xt, k, 8, nsub, steps, raw); break;
+        const int32_t *qt = xsum + i0 * nsub;
+        const float *ft = xs + i0 * nsub;
+        __m512 tot[EQ_PANEL_TILE];
+#define PANEL_CASE(LABEL, MT)                                                                \
+    LABEL:                                                                                   \
+        if (simple)                                                                          \
+            panel_tile(p, xt, MT, qt, ft, tot, 1);                                           \
+        else                                                                                 \
+            panel_tile(p, xt, MT, qt, ft, tot, 0);                                           \
+        break;
+        switch (mt) {  /* each tile height and offset form specialised by inlining */
+        PANEL_CASE(case 1, 1) PANEL_CASE(case 2, 2) PANEL_CASE(case 3, 3) PANEL_CASE(case 4, 4)
+        PANEL_CASE(case 5, 5) PANEL_CASE(case 6, 6) PANEL_CASE(case 7, 7) PANEL_CASE(default, 8)
         }
+#undef PANEL_CASE
         for (int i = 0; i < mt; i++) {
-            const int64_t row = i0 + i;
-            const int32_t *ri = raw + i * nsub * EQ_PANEL;
-            const int32_t *qs = xsum + row * nsub;
-            const float *fs = xs + row * nsub;
-            float *yi = y + row * ystride;
-            if (has_off)
-                has_wm ? panel_combine(p, ri, qs, fs, yi, nr, 1, 1) : panel_combine(p, ri, qs, fs, yi, nr, 1, 0);
-            else
-                has_wm ? panel_combine(p, ri, qs, fs, yi, nr, 0, 1) : panel_combine(p, ri, qs, fs, yi, nr, 0, 0);
+            /* the mins' partials are added after the scales' (+0 without mins, as the rule) */
+            __m512 mins = p->wm ? panel_mins(p, qt + i * nsub, ft + i * nsub) : _mm512_setzero_ps();
+            _mm512_mask_storeu_ps(y + (i0 + i) * ystride, lanes, _mm512_add_ps(tot[i], mins));
         }
     }
 }
