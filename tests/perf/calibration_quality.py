@@ -193,7 +193,10 @@ def run_llama(args) -> None:
         t0 = time.perf_counter()
         tensors = open_packed(path)
         if args.float_eval:
-            undo = swap_weights(model, {n: tensors[n].dequantize() for n in block_names})
+            # the norms too: AWQ and SmoothQuant fold their input scales into them
+            norms = {n: np.asarray(tensors[n], np.float32) for n in tensors
+                     if n.startswith("blk.") and n.endswith("norm.weight")}
+            undo = swap_weights(model, {**{n: tensors[n].dequantize() for n in block_names}, **norms})
             try:
                 r = perplexity_of_ids(model, eval_ids, 256)
             finally:
@@ -281,11 +284,13 @@ def run_llama(args) -> None:
 
 #: name part -> (Block field, index in its tuple or None)
 BLOCK_SLOTS = {"attn_q": ("qkv", 0), "attn_k": ("qkv", 1), "attn_v": ("qkv", 2), "attn_output": ("wo", None),
-               "ffn_gate": ("gate_up", 0), "ffn_up": ("gate_up", 1), "ffn_down": ("w_down", None)}
+               "ffn_gate": ("gate_up", 0), "ffn_up": ("gate_up", 1), "ffn_down": ("w_down", None),
+               "attn_norm": ("attn_norm", None), "ffn_norm": ("ffn_norm", None)}
 
 
 def swap_weights(model, replaced: dict):
-    """Put float matrices into a (float, unfused) LlamaModel's blocks; returns the undo."""
+    """Put float matrices and norm weights into a (float, unfused) LlamaModel's blocks;
+    returns the undo."""
     saved = list(model.blocks)
     for name, w in replaced.items():
         _, i, kind, _ = name.split(".")
