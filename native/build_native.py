@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: -ffp-contract=off: no fused multiply-add, so float results match the reference's operations
 COMMON_FLAGS = ["-O2", "-std=gnu11", "-ffp-contract=off"]
 PORTABLE_SOURCES = ["kernels_scalar.c", "engine.c", "dispatch.c", "threadpool.c", "steps.c",
-                    "llama_forward.c"]
+                    "llama_forward.c", "bert_steps.c"]
 _AVX2 = ["-mavx2", "-mf16c", "-mpopcnt"]
 SIMD_SOURCES = {
     "x86_64": {
@@ -83,6 +83,18 @@ int eq_step_attend_quantize(const float *q, int64_t q_stride, const float *k, in
 int eq_step_swiglu_quantize(const float *gate, int64_t gate_stride, const float *up,
                             int64_t up_stride, int64_t rows, int64_t f, int64_t block,
                             int8_t *xq, float *xs, float *work);
+
+/* BERT's fused steps (bert_steps.h) */
+int eq_bert_layer_norm_q8(float *x, const float *x_bias, const float *residual, int64_t rows,
+                          int64_t n, const float *weight, const float *bias, float eps,
+                          int64_t block, int8_t *q, float *s);
+int eq_bert_gelu_q8(float *h, const float *bias, int64_t rows, int64_t n, int64_t block,
+                    int8_t *q, float *s);
+int64_t eq_bert_attention_work(int64_t width, int64_t heads, int64_t dim);
+int eq_bert_attention_q8(const float *qkv, const float *bias, const int64_t *starts,
+                         const int64_t *lengths, int64_t batch, int64_t total, int64_t heads,
+                         int64_t dim, float *ctx, int64_t block, int8_t *q, float *s,
+                         float *work, int64_t work_len);
 
 /* the llama decoder's whole forward pass (llama_forward.h) */
 typedef struct {
@@ -153,7 +165,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "edgeq._native",
-    '#include "edgeq_native.h"\n#include "steps.h"\n#include "llama_forward.h"',
+    '#include "edgeq_native.h"\n#include "steps.h"\n#include "llama_forward.h"\n#include "bert_steps.h"',
     sources=[_rel(name) for name in PORTABLE_SOURCES + list(simd_sources())],
     include_dirs=[_rel(".")],
     # headers too: an edit to one (kernels_x86_fused.h is a template) must rebuild its users

@@ -16,7 +16,10 @@ import io
 import json
 import logging
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,14 +76,18 @@ def test_gelu_is_exact():
     assert np.all(np.abs(got - exact) <= 1e-6 * np.maximum(1, np.abs(exact)))
 
 
-needs_numba = pytest.mark.skipif(bert.njit is None, reason="Numba is not installed")
+try:
+    from edgeq.models import bert_numba_steps as numba_steps
+except ImportError:
+    numba_steps = None
+needs_numba = pytest.mark.skipif(numba_steps is None, reason="Numba is not installed")
 
 
 @needs_numba
 def test_fast_gelu_is_exact():
     x = np.concatenate([np.linspace(-12, 12, 48_001), [-1e30, 1e30, 0.0]]).astype(np.float32)
     exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
-    got = bert._gelu_fast(x.reshape(2, -1).copy()).reshape(-1)
+    got = numba_steps.gelu_fast(x.reshape(2, -1).copy()).reshape(-1)
     assert np.all(np.abs(got - exact) <= 1e-6 * np.maximum(1, np.abs(exact)))
 
 
@@ -107,18 +114,18 @@ def test_fast_attention_and_layer_norm(lengths, heads, spread, seed):
     qkv = (rng.standard_normal((sum(lengths), 3 * dim)) * spread).astype(np.float32)
     lengths_ = np.array(lengths, dtype=np.int64)
     starts = np.cumsum(lengths_) - lengths_
-    got = bert._attention_fast(qkv, starts, lengths_, heads, np.empty((len(qkv), dim), np.float32))
+    got = numba_steps.attention_fast(qkv, starts, lengths_, heads, np.empty((len(qkv), dim), np.float32))
     np.testing.assert_allclose(got, attention_float64(qkv, lengths, heads), rtol=0,
                                atol=1e-5 * np.abs(qkv).max())
     # a sequence gets the same bits alone as in the batch
-    alone = bert._attention_fast(qkv[starts[-1]:], np.zeros(1, np.int64), lengths_[-1:], heads,
+    alone = numba_steps.attention_fast(qkv[starts[-1]:], np.zeros(1, np.int64), lengths_[-1:], heads,
                                  np.empty((lengths[-1], dim), np.float32))
     np.testing.assert_array_equal(alone, got[starts[-1]:])
     x, res = qkv[:, :dim].copy(), qkv[:, dim:2 * dim].copy()
     w, b = rng.standard_normal(dim).astype(np.float32), rng.standard_normal(dim).astype(np.float32)
     for r in (res, None):
         want = bert.add_layer_norm(x.copy(), r, w, b, 1e-12)
-        np.testing.assert_allclose(bert._layer_norm_fast(x.copy(), r, w, b, 1e-12), want,
+        np.testing.assert_allclose(numba_steps.layer_norm_fast(x.copy(), r, w, b, 1e-12), want,
                                    rtol=0, atol=2e-5 * np.abs(want).max())
 
 
@@ -127,21 +134,148 @@ def test_fast_attention_and_layer_norm(lengths, heads, spread, seed):
 @given(st.integers(1, 5), st.sampled_from([8, 32, 96]), st.sampled_from([1e-42, 1e-3, 1.0, 1e4]),
        st.integers(0, 2**31))
 def test_fused_quantizer_is_the_reference_rule(m, block, spread, seed):
-    """_quantize_rows (the int8 path's in-kernel quantizer) gives the reference codes and
+    """quantize_rows (the int8 path's in-kernel quantizer) gives the reference codes and
     scales bit for bit, zero blocks included, and flags NaN and inf."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((m, 2 * block)) * spread).astype(np.float32)
     x[0, :block] = 0
     x[-1, -1] = -np.abs(x[-1]).max() * 1.5  # a negative maximum
     q, s = np.empty(x.shape, np.int8), np.empty((m, 2), np.float32)
-    assert bert._quantize_rows(x, block, q, s)
+    assert numba_steps.quantize_rows(x, block, q, s)
     want_q, want_s = quantize_activations(x, block)
     np.testing.assert_array_equal(q, want_q)
     np.testing.assert_array_equal(s, want_s)
     for bad in (np.inf, -np.inf, np.nan):
         y = x.copy()
         y[-1, 0] = bad
-        assert not bert._quantize_rows(y, block, q, s)
+        assert not numba_steps.quantize_rows(y, block, q, s)
+
+
+# --- the C steps (native/bert_steps.c) against the Numba steps ----------------------------------
+try:
+    from edgeq.models.bert_native_steps import BertNativeSteps
+except ImportError:
+    BertNativeSteps = None
+needs_both_steps = pytest.mark.skipif(BertNativeSteps is None or numba_steps is None,
+                                      reason="needs the native extension's BERT steps and Numba")
+
+
+def run_steps(steps, name: str, args: tuple, out: np.ndarray, block: int):
+    """One q8 step on copies of its arrays: (status, float output, codes, scales)."""
+    q = np.zeros(out.shape, np.int8)
+    s = np.zeros((out.shape[0], out.shape[1] // block), np.float32)
+    ok = getattr(steps, name)(*args, block, q, s)
+    return ok, out, q, s
+
+
+def assert_steps_agree(numba_out, c_out, tol: float):
+    """The C and Numba results of one step: the same finite flag, floats within tol of each
+    other (Numba's fastmath reorders sums and fuses multiply-adds, see native/bert_steps.c),
+    int8 codes at most one apart and rarely apart at all, scales within tol."""
+    assert numba_out[0] == c_out[0]
+    atol = tol * max(1, np.abs(numba_out[1]).max())
+    np.testing.assert_allclose(c_out[1], numba_out[1], rtol=0, atol=atol)
+    # blocks whose values are all float noise (e.g. GELU of large negative inputs, about 1e-7)
+    # may get any codes: their scale is noise too
+    block = numba_out[2].shape[1] // numba_out[3].shape[1]
+    real = np.repeat(numba_out[3] * 127 > atol, block, axis=1)
+    codes = np.abs(c_out[2].astype(np.int16) - numba_out[2])[real]
+    assert codes.max(initial=0) <= 1 and (codes > 0).sum() <= max(2, codes.size // 100), codes.sum()
+    np.testing.assert_allclose(c_out[3], numba_out[3], rtol=tol, atol=atol / 127)  # absmax / 127
+
+
+@needs_both_steps
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=5), st.sampled_from([1, 2, 4]),
+       st.sampled_from([8, 16]), st.floats(0.1, 4), st.booleans(), st.integers(0, 2**31))
+def test_native_steps_match_numba_steps(lengths, heads, block, spread, with_extra, seed):
+    """Layer norm (with and without bias and residual), GELU and attention of the C steps give
+    Numba's results within float rounding, and the same int8 codes but for rare one-step
+    boundary cases; a sequence's C attention has the same bits alone as in a batch."""
+    rng = np.random.default_rng(seed)
+    c_steps, dim = BertNativeSteps(), 16 * heads
+    lengths_ = np.array(lengths, dtype=np.int64)
+    starts, total = np.cumsum(lengths_) - lengths_, int(lengths_.sum())
+
+    def normal(*shape):
+        return (rng.standard_normal(shape) * spread).astype(np.float32)
+
+    x, res, w, b, xb = normal(total, dim), normal(total, dim), normal(dim), normal(dim), normal(dim)
+    h, hb, qkv, qkvb = normal(total, 4 * dim), normal(4 * dim), normal(total, 3 * dim), normal(3 * dim)
+    extra = (xb, res) if with_extra else (None, None)
+    results = []
+    for steps in (numba_steps, c_steps):
+        norm_in = x.copy()
+        norm = run_steps(steps, "layer_norm_q8", (norm_in, *extra, w, b, 1e-12), norm_in, block)
+        gelu_in = h.copy()
+        gelu_out = run_steps(steps, "gelu_q8", (gelu_in, hb), gelu_in, block)
+        ctx = np.empty((total, dim), np.float32)
+        attention = run_steps(steps, "attention_q8", (qkv, qkvb if with_extra else None, starts, lengths_,
+                                                      heads, ctx), ctx, block)
+        results.append((norm, gelu_out, attention))
+    for numba_out, c_out, tol in zip(*results, (1e-5, 1e-6, 1e-4)):  # attention: exp magnifies the scores' rounding
+        assert_steps_agree(numba_out, c_out, tol)
+    last = slice(int(starts[-1]), total)
+    alone = np.empty((lengths[-1], dim), np.float32)
+    run_steps(c_steps, "attention_q8", (qkv[last], qkvb if with_extra else None, np.zeros(1, np.int64),
+                                        lengths_[-1:], heads, alone), alone, block)
+    np.testing.assert_array_equal(alone, results[1][2][1][last])
+
+
+@needs_both_steps
+def test_native_steps_flag_non_finite_and_check_arguments():
+    """A NaN or inf in a step's output gives False (as the Numba steps); arguments C cannot
+    take raise ValueError before C sees them; block 0 skips layer norm's quantization."""
+    steps, rng = BertNativeSteps(), np.random.default_rng(1)
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    ones, zeros = np.ones(32, np.float32), np.zeros(32, np.float32)
+    q, s = np.empty((3, 32), np.int8), np.empty((3, 4), np.float32)
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[1, 5] = bad
+        assert not steps.gelu_q8(y.copy(), zeros, 8, q, s)
+        assert not steps.layer_norm_q8(y.copy(), None, None, ones, zeros, 1e-12, 8, q, s)
+    y = x.copy()
+    assert steps.layer_norm_q8(y, None, None, ones, zeros, 1e-12, 0, None, None)
+    np.testing.assert_allclose(y.mean(axis=1), 0, atol=1e-6)
+    qkv, ctx = rng.standard_normal((3, 96)).astype(np.float32), np.empty((3, 32), np.float32)
+    one, three = np.zeros(1, np.int64), np.array([3], np.int64)
+    bad_calls = [
+        lambda: steps.gelu_q8(x.astype(np.float64), zeros, 8, q, s),         # dtype
+        lambda: steps.gelu_q8(x.copy(), np.zeros(31, np.float32), 8, q, s),  # bias shape
+        lambda: steps.gelu_q8(x.copy(), zeros, 7, q, s),                      # block
+        lambda: steps.gelu_q8(x[:, ::2].copy().T, zeros, 8, q, s),            # shape
+        lambda: steps.gelu_q8(np.asfortranarray(x), zeros, 8, q, s),          # layout
+        lambda: steps.layer_norm_q8(x.copy(), None, x[:2], ones, zeros, 1e-12, 8, q, s),
+        lambda: steps.layer_norm_q8(x.copy(), None, None, ones, zeros, 1e-12, 8, q, s[:, :3]),
+        lambda: steps.attention_q8(qkv, None, one, np.array([4], np.int64), 2, ctx, 8, q, s),
+        lambda: steps.attention_q8(qkv, None, np.array([-1]), three, 2, ctx, 8, q, s),
+        lambda: steps.attention_q8(qkv, None, one, three, 3, ctx, 8, q, s),    # heads
+        lambda: steps.attention_q8(qkv[:, :95], None, one, three, 2, ctx, 8, q, s),
+    ]
+    for call in bad_calls:
+        with pytest.raises(ValueError):
+            call()
+    assert steps.attention_q8(qkv, None, one, three, 2, ctx, 8, q, s)
+
+
+@needs_both_steps
+def test_steps_option_is_checked(minilm):
+    with pytest.raises(ValueError, match="steps"):
+        edgeq.load(minilm["int8"].path, steps="fortran")
+
+
+def test_native_steps_do_not_import_numba(tmp_path):
+    """On the native backend an int8 model embeds through the C steps: Numba (65-125 MiB) is
+    never imported."""
+    folder, _ = tiny_bert_folder(tmp_path / "hf")
+    path = convert_hf(folder, tmp_path / "tiny8.eqm", qtype="int8")
+    code = (f"import sys\nimport edgeq\nm = edgeq.load({str(path)!r}, backend='native')\n"
+            "v = m.embed(['a cat', 'two dogs here'])\nprint(m.steps_backend, 'numba' in sys.modules, v.shape)")
+    env = {k: v for k, v in os.environ.items() if k != "EDGEQ_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.strip().split(maxsplit=2)
+    assert out == ["native", "False", "(2, 32)"]
 
 
 # --- batching and pooling -----------------------------------------------------------------------
@@ -322,7 +456,7 @@ def test_fast_path_matches_numpy_reference(tmp_path):
     reference = edgeq.load(path, backend="numpy")
     assert not reference.fast
     fast = edgeq.load(path)
-    assert fast.fast is (bert.njit is not None)
+    assert fast.fast is (numba_steps is not None)
     np.testing.assert_allclose(fast.embed(TEXTS, batch_size=2), reference.embed(TEXTS, batch_size=2),
                                rtol=0, atol=2e-6)
     src = edgeq.open(path)
@@ -535,6 +669,17 @@ def test_minilm_w8a8(minilm, golden):
         assert c.mean() >= 0.995 and c.min() >= 0.99, (c.mean(), c.min())
     assert cosines(batched, ref).min() >= 0.99  # the edge cases too
     np.testing.assert_allclose(one, batched[:N_SENTENCES], rtol=0, atol=1e-6)  # bit for bit in practice
+    if model.steps_backend == "native" and numba_steps is not None:
+        # the C steps against the Numba ones (same matmuls): the same embeddings but for float
+        # rounding, which int8 codes amplify through six layers about as much as swapping
+        # the matmul backend does (worst text 0.9993 here, 0.9995 for backend "numba")
+        swapped = edgeq.load(model.path, steps="numba")
+        assert swapped.steps_backend == "numba"
+        numba = swapped.embed(texts, batch_size=32)
+        agree = cosines(numba, batched)
+        assert agree.mean() >= 0.9999 and agree.min() >= 0.999, (agree.mean(), agree.min())
+        c = cosines(numba[:N_SENTENCES], ref[:N_SENTENCES])
+        assert c.mean() >= 0.995 and c.min() >= 0.99, (c.mean(), c.min())
     iu = np.triu_indices(N_SENTENCES, 1)
     sims, sims_ref = (batched[:N_SENTENCES] @ batched[:N_SENTENCES].T)[iu], (ref[:N_SENTENCES] @ ref[:N_SENTENCES].T)[iu]
     assert spearman(sims, sims_ref) >= 0.99

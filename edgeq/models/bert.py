@@ -15,12 +15,15 @@ it holds float arrays (the "float path"); the two can be mixed per tensor.
 
 Padding never reaches a per-token computation: token states are packed (real tokens only,
 see edgeq.embed), so activation scales, norms and GELU only ever see real tokens. Attention,
-layer norm and GELU run as fused Numba kernels (see "fused float kernels"): attention loops
+layer norm and GELU run as fused steps (edgeq.models.bert_numba_steps): attention loops
 over each sequence's own tokens in float32, in an order that does not depend on the batch.
 When every linear layer is int8 with dynamic activation scales, the forward is
-`token_states_q8`: each fused kernel also adds the bias of the matmul before it and quantizes
+`token_states_q8`: each fused step also adds the bias of the matmul before it and quantizes
 its output for the matmul after it (the reference rule, bit for bit), so a layer is four
-matmuls and four Numba calls with no float pass, bias add or quantize call in between.
+matmuls and four step calls with no float pass, bias add or quantize call in between. On
+the native backend those steps are C (edgeq.models.bert_native_steps: the same formulas,
+equal to the Numba steps within float rounding), and Numba is never imported; elsewhere
+they are Numba (`steps_backend` says which).
 Its buffers are kept between calls (Q8Workspace), and on the native backend each matmul
 reads its weight's panels packed once (Dense.prepared): at batch 1 a sentence is a few
 tokens, and repacking the weights or checking arrays on every call would cost more than the
@@ -176,196 +179,27 @@ def add_layer_norm(x: np.ndarray, residual: np.ndarray | None, weight: np.ndarra
     return x
 
 
-# --- fused float kernels (Numba) ---------------------------------------------------------------
-# One compiled pass each instead of 10-25 NumPy passes and calls: at batch 1 the per-call cost
-# is what counts, at batch 32 the passes over memory. Single-threaded on purpose: the native
-# GEMM's worker threads spin between calls and would fight a second thread pool. The NumPy
-# functions above stay the reference (and the path where Numba is missing, or backend="numpy").
-# Every kernel works per token (or per sequence for attention) in a fixed order, so a text
-# gets bit-identical results alone and in any batch.
-#
-#: erf(t) = t P(t^2) / Q(t^2) on |t| <= 4, clamped beyond (erfc(4) = 1.5e-8). Fitted for this
-#: module (iteratively reweighted linearized least squares on [0, 4] against math.erf): the
-#: error is below 1.6e-9 in float64 and below 4e-7 evaluated in float32. No exp, no branch:
-#: the loop vectorizes.
-ERF_RATIONAL_P = (1.1283791820936728, 0.18471136665082194, 0.05433264732494848,
-                  0.0038395611588057468, 0.00038268945090492675, 4.780433385615413e-06,
-                  -1.3666279866201322e-08)
-ERF_RATIONAL_Q = (1.0, 0.49702973185979293, 0.11382665483240482, 0.01545356833281603,
-                  0.0013095820837956118, 6.400830050036298e-05)
+# --- fused steps ------------------------------------------------------------------------------
+# In Numba (edgeq.models.bert_numba_steps) or, for the int8 forward on the native backend, in C
+# (edgeq.models.bert_native_steps); each is imported on first use: Numba costs 65-125 MiB.
+def _numba_steps():
+    """The module edgeq.models.bert_numba_steps, or None where Numba is missing (e.g. 32-bit
+    ARM: the NumPy reference functions run instead)."""
+    try:
+        from edgeq.models import bert_numba_steps
+    except ImportError:
+        return None
+    return bert_numba_steps
 
-try:
-    from numba import njit
 
-    from edgeq.kernels.numba_kernels.activations import quantize_rows_checked as _quantize_rows
-    from edgeq.kernels.numba_kernels.simd import float32_from_bits
-except ImportError:  # e.g. 32-bit ARM: the NumPy reference functions run instead
-    njit = None
-
-if njit is not None:
-    _P = tuple(np.float32(c) for c in ERF_RATIONAL_P)
-    _Q = tuple(np.float32(c) for c in ERF_RATIONAL_Q)
-    _F = np.float32
-
-    @njit(cache=True, fastmath=True, error_model="numpy", inline="always")
-    def _gelu_scalar(v):
-        """Exact-erf GELU of one float32 (rational erf, see above)."""
-        t = min(max(v * _F(0.7071067811865476), _F(-4.0)), _F(4.0))
-        z = t * t
-        p = ((((((_P[6] * z + _P[5]) * z + _P[4]) * z + _P[3]) * z + _P[2]) * z + _P[1]) * z + _P[0])
-        q = (((((_Q[5] * z + _Q[4]) * z + _Q[3]) * z + _Q[2]) * z + _Q[1]) * z + _Q[0])
-        return _F(0.5) * v * (_F(1.0) + t * p / q)
-
-    @njit(cache=True, fastmath=True, error_model="numpy")
-    def _gelu_fast(h):
-        """Exact-erf GELU in place on a C-contiguous float32 array."""
-        flat = h.reshape(-1)
-        for i in range(flat.size):
-            flat[i] = _gelu_scalar(flat[i])
-        return h
-
-    @njit(cache=True, fastmath=True, error_model="numpy")
-    def _bias_gelu_fast(h, bias):
-        """h = GELU(h + bias) in place, h (m, n) float32, bias (n,)."""
-        m, n = h.shape
-        for r in range(m):
-            row = h[r]
-            for j in range(n):
-                row[j] = _gelu_scalar(row[j] + bias[j])
-        return h
-
-    @njit(cache=True, fastmath=True, error_model="numpy")
-    def _layer_norm_fast(x, residual, weight, bias, eps, x_bias=None):
-        """x = LayerNorm(x + x_bias + residual) per row, in place (x_bias and residual may
-        be None); float32."""
-        m, n = x.shape
-        inv_n = _F(1.0) / _F(n)
-        for r in range(m):
-            row = x[r]
-            s = _F(0.0)
-            if x_bias is not None:
-                for j in range(n):
-                    row[j] += x_bias[j]
-            if residual is not None:
-                res = residual[r]
-                for j in range(n):
-                    row[j] += res[j]
-            for j in range(n):
-                s += row[j]
-            mean = s * inv_n
-            ss = _F(0.0)
-            for j in range(n):
-                v = row[j] - mean
-                row[j] = v
-                ss += v * v
-            inv = _F(1.0) / np.sqrt(ss * inv_n + _F(eps))
-            for j in range(n):
-                row[j] = row[j] * inv * weight[j] + bias[j]
-        return x
-
-    @njit(cache=True, fastmath=True, error_model="numpy", inline="always")
-    def _exp_nonpositive(y):
-        """exp(y) for float32 y <= 0: y = n ln2 + r, |r| <= ln2/2, exp(r) by its Taylor
-        polynomial of degree 7 (truncation 6e-9 relative), 2^n from the exponent bits.
-        Below -87 (where exp underflows float32's normal range) the result stays ~1e-38."""
-        y = max(y, _F(-87.0))
-        n = np.rint(y * _F(1.4426950408889634))
-        r = (y - n * _F(0.693359375)) + n * _F(2.12194440e-4)  # ln 2 in two parts (hi exact)
-        p = _F(1.0 / 5040)
-        p = p * r + _F(1.0 / 720)
-        p = p * r + _F(1.0 / 120)
-        p = p * r + _F(1.0 / 24)
-        p = p * r + _F(1.0 / 6)
-        p = p * r + _F(0.5)
-        p = p * r + _F(1.0)
-        p = p * r + _F(1.0)
-        return p * float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
-
-    @njit(cache=True, fastmath=True, error_model="numpy")
-    def _attention_fast(qkv, starts, lengths, heads, out, bias=None):
-        """Packed qkv (total, 3*dim) (plus bias (3*dim,) if given) -> packed context out
-        (total, dim), float32.
-
-        Each sequence attends over its own tokens only: no padding, no mask, and the sums run
-        in the same order whatever the batch. Its q (pre-scaled by 1/sqrt(d)), k and v are
-        first copied per head into contiguous (tokens, d) blocks, so that every inner loop is
-        a contiguous run of d values (measured 3x faster than indexing qkv in place; a
-        transposed k, scores accumulated over d, measured 1.6x slower at 14 tokens)."""
-        dim = out.shape[1]
-        d = dim // heads
-        scale = _F(1.0) / np.sqrt(_F(d))
-        width = 1
-        for s in range(lengths.size):
-            width = max(width, lengths[s])
-        q_all = np.empty((heads, width, d), dtype=np.float32)
-        k_all = np.empty((heads, width, d), dtype=np.float32)
-        v_all = np.empty((heads, width, d), dtype=np.float32)
-        p = np.empty(width, dtype=np.float32)
-        acc = np.empty(d, dtype=np.float32)
-        for s in range(starts.size):
-            s0, n = starts[s], lengths[s]
-            for j in range(n):
-                row = qkv[s0 + j]
-                for h in range(heads):  # loops, not slice arithmetic: no temporary arrays
-                    qj, kj, vj = q_all[h, j], k_all[h, j], v_all[h, j]
-                    for c in range(d):
-                        i = h * d + c
-                        if bias is None:
-                            qj[c] = row[i] * scale
-                            kj[c] = row[dim + i]
-                            vj[c] = row[2 * dim + i]
-                        else:
-                            qj[c] = (row[i] + bias[i]) * scale
-                            kj[c] = row[dim + i] + bias[dim + i]
-                            vj[c] = row[2 * dim + i] + bias[2 * dim + i]
-            for h in range(heads):
-                qh, kh, vh = q_all[h], k_all[h], v_all[h]
-                for i in range(n):
-                    q = qh[i]
-                    top = _F(-3e38)
-                    for j in range(n):
-                        k = kh[j]
-                        dot = _F(0.0)
-                        for c in range(d):
-                            dot += q[c] * k[c]
-                        p[j] = dot
-                        top = max(top, dot)
-                    total = _F(0.0)
-                    for j in range(n):
-                        e = _exp_nonpositive(p[j] - top)
-                        p[j] = e
-                        total += e
-                    inv = _F(1.0) / total
-                    acc[:] = _F(0.0)
-                    for j in range(n):
-                        w = p[j] * inv
-                        v = vh[j]
-                        for c in range(d):
-                            acc[c] += w * v[c]
-                    out[s0 + i, h * d:(h + 1) * d] = acc
-        return out
-
-    # The int8 path's kernels: each ends by quantizing its output for the next linear layer
-    # (one Numba call instead of a float pass, a bias add and a quantize call). They return
-    # False when a value to quantize was NaN or inf.
-    @njit(cache=True, error_model="numpy")
-    def _layer_norm_q8(x, x_bias, residual, weight, bias, eps, block, q, s):
-        """x = LayerNorm(x + x_bias + residual) in place, then quantized into q, s (skipped
-        when block is 0)."""
-        _layer_norm_fast(x, residual, weight, bias, eps, x_bias)
-        return _quantize_rows(x, block, q, s) if block > 0 else True
-
-    @njit(cache=True, error_model="numpy")
-    def _gelu_q8(h, bias, block, q, s):
-        """h = GELU(h + bias) in place, then quantized into q, s."""
-        _bias_gelu_fast(h, bias)
-        return _quantize_rows(h, block, q, s)
-
-    @njit(cache=True, error_model="numpy")
-    def _attention_q8(qkv, bias, starts, lengths, heads, ctx, block, q, s):
-        """Context of qkv + bias into ctx (see _attention_fast), then quantized into q, s."""
-        _attention_fast(qkv, starts, lengths, heads, ctx, bias)
-        return _quantize_rows(ctx, block, q, s)
+def _native_steps():
+    """A new BertNativeSteps (C steps with their own scratch), or None where the extension is
+    missing or predates them."""
+    try:
+        from edgeq.models.bert_native_steps import BertNativeSteps
+    except ImportError:
+        return None
+    return BertNativeSteps()
 
 
 # --- configuration and weights ---------------------------------------------------------------
@@ -563,11 +397,17 @@ class BertEncoder:
     """A sentence-embedding BERT loaded from an .eqm file; see the module docstring.
 
     embed(texts, batch_size) -> (n, dim) float32; tokenizer.encode(text) -> ids.
-    Options: act_block (activation values per int8 scale, default 32; None = whole row) and
-    backend (kernel backend for the integer linear layers).
+    Options: act_block (activation values per int8 scale, default 32; None = whole row),
+    backend (kernel backend for the integer linear layers) and steps (the int8 forward's fused
+    steps: None picks C on the native backend, else Numba; "native" or "numba" asks for one).
+    The C steps keep Numba out of the process (about 88 instead of 212 MiB peak in the
+    benchmark) and need no JIT; the Numba steps (fastmath) are 10-20% faster at batch 1.
     """
 
-    def __init__(self, packed, *, act_block: int | None = 32, backend: str | None = None):
+    def __init__(self, packed, *, act_block: int | None = 32, backend: str | None = None,
+                 steps: str | None = None):
+        if steps not in (None, "native", "numba"):
+            raise ValueError(f"steps must be None, 'native' or 'numba', not {steps!r}")
         where = str(packed.path)
         self.path = packed.path
         self.spec = spec = BertSpec.from_config(packed.config, where)
@@ -609,22 +449,44 @@ class BertEncoder:
                              down=dense(f"blk.{i}.ffn_down", dim, ffn),
                              ffn_norm=norm(f"blk.{i}.layer_output_norm"))
                        for i in range(spec.num_layers)]
-        #: the fused Numba kernels, unless Numba is missing or the NumPy reference is asked for
-        self.fast = njit is not None and backends.resolve(backend) != "numpy"
-        self._norm = _layer_norm_fast if self.fast else add_layer_norm
-        if self.fast and spec.hidden_act == "gelu":
-            self._activation, self._activation_rows = _gelu_fast, None
-        else:  # NumPy passes work on cache-sized slices
-            self._activation = _ACTIVATION_FN[spec.hidden_act]
-            self._activation_rows = max(1, ACTIVATION_CHUNK // ffn)
+        self._backend = backends.resolve(backend)
         self._vocab_limit = min(spec.vocab_size, self.tokenizer.vocab_size)
         # position + token type 0 per position: one add per forward instead of two
         self._position_type0 = (self.position[spec.position_offset:] + self.token_type0).astype(np.float32)
         self._denses = [d for layer in self.layers for d in (layer.qkv, layer.out, layer.up, layer.down)]
-        #: the fused int8 forward (token_states_q8) applies: every linear layer int8-dynamic
-        self._q8_ready = self.fast and all(d.quantized for d in self._denses)
+        #: the fused int8 forward's steps (token_states_q8), when every linear layer is int8:
+        #: "native" (C) on the native backend where the extension has them, else "numba";
+        #: None where neither applies (NumPy backend, or Numba missing)
+        self.steps_backend, self._q8_steps = None, None
+        if all(d.quantized for d in self._denses):
+            if self._backend == "native" and steps != "numba":
+                self._q8_steps = _native_steps()
+                self.steps_backend = "native" if self._q8_steps is not None else None
+            if self._q8_steps is None and self._backend != "numpy" and steps != "native":
+                self._q8_steps = _numba_steps()
+                self.steps_backend = "numba" if self._q8_steps is not None else None
+        if steps is not None and self.steps_backend != steps:
+            raise UnsupportedError(f"{where}: steps={steps!r} cannot run here (backend "
+                                   f"{self._backend}; every linear layer must be quantized)")
+        if self.steps_backend == "native":  # passed on every call: their pointers taken once
+            self._q8_steps.pin(*self.embed_norm, *(a for layer in self.layers for a in (
+                *layer.attn_norm, *layer.ffn_norm, layer.qkv.bias, layer.out.bias, layer.up.bias,
+                layer.down.bias) if a is not None))
+        self._q8_ready = self._q8_steps is not None
         self._q8_kept: Q8Workspace | None = None  # the fused int8 forward's buffers, kept
         self._q8_lock = threading.Lock()
+
+    @functools.cached_property
+    def _float_steps(self):
+        """The Numba steps module for the float forward (token_states without the fused int8
+        path), imported on first use; None: the NumPy reference runs (backend "numpy", or
+        Numba missing)."""
+        return None if self._backend == "numpy" else _numba_steps()
+
+    @property
+    def fast(self) -> bool:
+        """The forward runs fused steps (C or Numba) rather than the NumPy reference."""
+        return self._q8_ready or self._float_steps is not None
 
     @property
     def dim(self) -> int:
@@ -659,17 +521,23 @@ class BertEncoder:
             x += self._position_type0[np.arange(len(ids)) - np.repeat(layout.starts, layout.lengths)]
         if self._q8_ready and all(d.act_scale is None for d in self._denses):
             return self.token_states_q8(x, layout)
-        norm, eps = self._norm, spec.layer_norm_eps
+        fused, eps = self._float_steps, spec.layer_norm_eps
+        norm = add_layer_norm if fused is None else fused.layer_norm_fast
+        if fused is not None and spec.hidden_act == "gelu":
+            activation, chunk = fused.gelu_fast, None
+        else:  # NumPy passes work on cache-sized slices
+            activation = _ACTIVATION_FN[spec.hidden_act]
+            chunk = max(1, ACTIVATION_CHUNK // spec.intermediate_size)
         x = norm(x, None, *self.embed_norm, eps)
         for layer in self.layers:
             ctx = self._attention(layer.qkv(x), layout)
             x = norm(layer.out(ctx), x, *layer.attn_norm, eps)
             h = layer.up(x)
-            if self._activation_rows is None:
-                self._activation(h)
+            if chunk is None:
+                activation(h)
             else:
-                for start in range(0, len(h), self._activation_rows):
-                    self._activation(h[start:start + self._activation_rows])
+                for start in range(0, len(h), chunk):
+                    activation(h[start:start + chunk])
             x = norm(layer.down(h), x, *layer.ffn_norm, eps)
         return x
 
@@ -711,19 +579,20 @@ class BertEncoder:
         qkv_out, ctx, h, qf, sf = ws.qkv[:m], ws.ctx[:m], ws.h[:m], ws.qf[:m], ws.sf[:m]
         xs[...] = x
         first = self.layers[0]
-        ok = _layer_norm_q8(xs, None, None, *self.embed_norm, eps, first.qkv._block, q, s)
+        steps = self._q8_steps
+        ok = steps.layer_norm_q8(xs, None, None, *self.embed_norm, eps, first.qkv._block, q, s)
         last = len(self.layers) - 1
         for i, (layer, (mm_qkv, mm_out, mm_up, mm_down)) in enumerate(zip(self.layers, ws.matmuls)):
             out, up, down = layer.out, layer.up, layer.down
             mm_qkv(m)
-            ok &= _attention_q8(qkv_out, layer.qkv.bias, layout.starts, layout.lengths, heads, ctx,
+            ok &= steps.attention_q8(qkv_out, layer.qkv.bias, layout.starts, layout.lengths, heads, ctx,
                                 out._block, q, s)
             mm_out(m)
-            ok &= _layer_norm_q8(ys, out.bias, xs, *layer.attn_norm, eps, up._block, q, s)
+            ok &= steps.layer_norm_q8(ys, out.bias, xs, *layer.attn_norm, eps, up._block, q, s)
             mm_up(m)
-            ok &= _gelu_q8(h, up.bias, down._block, qf, sf)
+            ok &= steps.gelu_q8(h, up.bias, down._block, qf, sf)
             mm_down(m)
-            ok &= _layer_norm_q8(xs, down.bias, ys, *layer.ffn_norm, eps,
+            ok &= steps.layer_norm_q8(xs, down.bias, ys, *layer.ffn_norm, eps,
                                  0 if i == last else self.layers[i + 1].qkv._block, q, s)
         if not ok:
             raise ValueError(f"{self.path}: the model produced NaN or inf (do its weights hold any?)")
@@ -731,9 +600,9 @@ class BertEncoder:
 
     def _attention(self, qkv: np.ndarray, layout: BatchLayout) -> np.ndarray:
         """Multi-head self-attention: packed qkv (total, 3*dim) -> packed context (total, dim)."""
-        if self.fast:
+        if self._float_steps is not None:
             ctx = np.empty((qkv.shape[0], self.spec.hidden_size), dtype=np.float32)
-            return _attention_fast(qkv, layout.starts, layout.lengths, self.spec.num_heads, ctx)
+            return self._float_steps.attention_fast(qkv, layout.starts, layout.lengths, self.spec.num_heads, ctx)
         if len(layout.groups) == 1:
             return self._attend(qkv, layout.groups[0])
         ctx = np.empty((qkv.shape[0], self.spec.hidden_size), dtype=np.float32)
