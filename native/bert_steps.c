@@ -14,22 +14,9 @@
 
 #include "bert_steps.h"
 #include "edgeq_native.h"
+#include "lanes.h"
 
 #define F(c) ((float)(c))   /* a constant as the Numba steps have it: float64 rounded once */
-
-/* EQ_BERT_LANES(i, n, body): body for i in [0, n) as blocks of 8 indices (a loop of constant
- * length, which GCC vectorizes at -O2) and a scalar tail. Only for independent elements. */
-#define EQ_BERT_LANES(i, n, body)                                                 \
-    do {                                                                          \
-        int64_t i##_base = 0;                                                     \
-        for (; i##_base + 8 <= (n); i##_base += 8)                                \
-            for (int i##_lane = 0; i##_lane < 8; i##_lane++) {                    \
-                int64_t i = i##_base + i##_lane;                                  \
-                body;                                                             \
-            }                                                                     \
-        for (int64_t i = i##_base; i < (n); i++)                                  \
-            body;                                                                 \
-    } while (0)
 
 /* GCC on x86-64 Linux compiles the elementwise loops for AVX2 and the baseline, picked at load
  * (ifunc): the same float operations per element, eight lanes at a time. no-trapping-math
@@ -53,7 +40,7 @@ static int quantize(const float *x, int64_t rows, int64_t n, int64_t block, int8
 
 EQ_BERT_CLONES static void add_to(float *restrict x, const float *restrict d, int64_t n)
 {
-    EQ_BERT_LANES(i, n, x[i] += d[i]);
+    EQ_LANES(i, n, x[i] += d[i]);
 }
 
 /* Sums in SUM_LANES partial sums (element j into lane j % SUM_LANES), then the lanes in order:
@@ -103,7 +90,7 @@ EQ_BERT_CLONES static float center_square_sum(float *restrict x, float mean, int
 EQ_BERT_CLONES static void scale_shift(float *restrict x, float inv, const float *restrict w,
                                        const float *restrict b, int64_t n)
 {
-    EQ_BERT_LANES(i, n, x[i] = x[i] * inv * w[i] + b[i]);
+    EQ_LANES(i, n, x[i] = x[i] * inv * w[i] + b[i]);
 }
 
 int eq_bert_layer_norm_q8(float *x, const float *x_bias, const float *residual, int64_t rows,
@@ -131,7 +118,7 @@ int eq_bert_layer_norm_q8(float *x, const float *x_bias, const float *residual, 
  * ERF_RATIONAL_P / ERF_RATIONAL_Q, each rounded from its float64 value to float32. */
 EQ_BERT_CLONES static void bias_gelu(float *restrict h, const float *restrict bias, int64_t n)
 {
-    EQ_BERT_LANES(i, n, {
+    EQ_LANES(i, n, {
         float v = h[i] + bias[i];
         float t = v * F(0.7071067811865476);
         t = t > F(-4.0) ? t : F(-4.0);
@@ -185,7 +172,7 @@ static inline __attribute__((always_inline)) float exp_nonpositive(float y)
  * vectors are short, a call would cost more) */
 static inline __attribute__((always_inline)) void axpy(float *restrict y, const float *restrict x, float w, int64_t n)
 {
-    EQ_BERT_LANES(i, n, y[i] += x[i] * w);
+    EQ_LANES(i, n, y[i] += x[i] * w);
 }
 
 /* One sequence of n tokens, its heads laid out in work: q (heads, width, d) pre-scaled, k

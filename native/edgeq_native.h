@@ -253,6 +253,10 @@ static inline int8_t eq_quantize_code(float x, float s)
     return (int8_t)v;
 }
 float eq_half_to_float(uint16_t h);
+/* Panel bytes of codes [j, k) of rows[0..EQ_PANEL) (see eq_panel; j and k multiples of 4),
+ * four bytes at a time: the tail after a SIMD panel_pack's blocks. */
+void eq_panel_pack_scalar(const uint8_t *const *rows, int64_t j, int64_t k, uint32_t flip,
+                          uint8_t *out);
 uint64_t eq_popcount_xor_scalar(const uint8_t *a, const uint8_t *b, int64_t nbytes);
 void eq_combine_scalar(const eq_rowscale *rs, int nr, const int32_t *raw, int64_t rstride,
                        const int32_t *xsum, const float *xs, float *y);

@@ -542,15 +542,7 @@ static void panel_pack(const uint8_t *const *rows, int64_t k, uint32_t flip, uin
             vst1q_u8(o + 12 * EQ_PANEL, vreinterpretq_u8_u64(vtrn2q_u64(a1, a3)));
         }
     }
-    for (; j < k; j += 4, out += 4 * EQ_PANEL)
-        for (int i = 0; i < EQ_PANEL; i++) {
-            uint32_t v = 0;
-            if (rows[i]) {
-                memcpy(&v, rows[i] + j, 4);
-                v ^= flip;
-            }
-            memcpy(out + 4 * i, &v, 4);
-        }
+    eq_panel_pack_scalar(rows, j, k, flip, out);
 }
 #endif
 

@@ -248,3 +248,17 @@ const eq_simd_table eq_table_scalar = {
     .plan = NULL,  /* the generic decode + dot path defines the results */
     .combine = eq_combine_scalar,
 };
+
+void eq_panel_pack_scalar(const uint8_t *const *rows, int64_t j, int64_t k, uint32_t flip,
+                          uint8_t *out)
+{
+    for (; j < k; j += 4, out += 4 * EQ_PANEL)
+        for (int i = 0; i < EQ_PANEL; i++) {
+            uint32_t v = 0;
+            if (rows[i]) {
+                memcpy(&v, rows[i] + j, 4);
+                v ^= flip;
+            }
+            memcpy(out + 4 * i, &v, 4);
+        }
+}

@@ -811,15 +811,7 @@ static void x86_panel_pack(const uint8_t *const *rows, int64_t k, uint32_t flip,
         for (int q = 0; q < 16; q++)
             _mm512_storeu_si512(out + 64 * q, r[q]);
     }
-    for (; j < k; j += 4, out += 4 * EQ_PANEL)
-        for (int i = 0; i < EQ_PANEL; i++) {
-            uint32_t v = 0;
-            if (rows[i]) {
-                memcpy(&v, rows[i] + j, 4);
-                v ^= flip;
-            }
-            memcpy(out + 4 * i, &v, 4);
-        }
+    eq_panel_pack_scalar(rows, j, k, flip, out);
 }
 
 static void x86_panel(const eq_panel *p, const int8_t *x, int64_t m, const int32_t *xsum,

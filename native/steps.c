@@ -13,23 +13,8 @@
 #include <string.h>
 
 #include "edgeq_native.h"
+#include "lanes.h"
 #include "steps.h"
-
-/* EQ_LANES(i, n, body): body for i in [0, n), as blocks of EQ_LANE_COUNT indices (a loop of
- * constant length, which compilers vectorize at -O2) and a scalar tail. Only for bodies whose
- * elements are independent: each element still sees the plain loop's float operations. */
-#define EQ_LANE_COUNT 8
-#define EQ_LANES(i, n, body)                                                      \
-    do {                                                                          \
-        int64_t i##_base = 0;                                                     \
-        for (; i##_base + EQ_LANE_COUNT <= (n); i##_base += EQ_LANE_COUNT)        \
-            for (int i##_lane = 0; i##_lane < EQ_LANE_COUNT; i##_lane++) {        \
-                int64_t i = i##_base + i##_lane;                                  \
-                body;                                                             \
-            }                                                                     \
-        for (int64_t i = i##_base; i < (n); i++)                                  \
-            body;                                                                 \
-    } while (0)
 
 /* Hot elementwise loops are compiled twice on x86-64 Linux with GCC, for AVX2 and for the
  * baseline, and the loader picks one (ifunc): the same C, so the same float operations,
