@@ -575,11 +575,10 @@ class BertEncoder:
         m, eps, heads = x.shape[0], spec.layer_norm_eps, spec.num_heads
         # the hidden state lives in ws.x; ws.y takes the attention block's output, then the
         # roles swap back after the FFN (views of the first m rows, taken once)
-        xs, ys, q, s = ws.x[:m], ws.y[:m], ws.q[:m], ws.s[:m]
-        qkv_out, ctx, h, qf, sf = ws.qkv[:m], ws.ctx[:m], ws.h[:m], ws.qf[:m], ws.sf[:m]
+        steps = self._q8_steps
+        xs, ys, q, s, qkv_out, ctx, h, qf, sf = ws.views(m, getattr(steps, "pin", None))
         xs[...] = x
         first = self.layers[0]
-        steps = self._q8_steps
         ok = steps.layer_norm_q8(xs, None, None, *self.embed_norm, eps, first.qkv._block, q, s)
         last = len(self.layers) - 1
         for i, (layer, (mm_qkv, mm_out, mm_up, mm_down)) in enumerate(zip(self.layers, ws.matmuls)):
@@ -702,6 +701,19 @@ class Q8Workspace:
                          layer.up.bind_q8(self.q, self.s, self.h),
                          layer.down.bind_q8(self.qf, self.sf, self.x))
                         for layer in encoder.layers]
+        self._views: dict[int, tuple] = {}
+
+    def views(self, m: int, pin) -> tuple:
+        """The first m rows of x, y, q, s, qkv, ctx, h, qf, sf: made once per m and kept, so
+        that the C steps, given them again and again, check and take their pointers once
+        (pin: the steps' pin, or None)."""
+        views = self._views.get(m)
+        if views is None:
+            views = self._views[m] = tuple(a[:m] for a in (self.x, self.y, self.q, self.s, self.qkv,
+                                                           self.ctx, self.h, self.qf, self.sf))
+            if pin is not None:
+                pin(*views)
+        return views
 
 
 class _Embedding:
