@@ -33,6 +33,8 @@ from edgeq.errors import FormatError
 
 # top-p first looks at this many most likely candidates, and grows by 4x until they cover p.
 _TOP_P_FIRST_HEAD = 64
+#: logits sampled (at most) to bound the k-th largest before the exact cut (see _top_k)
+_TOP_K_SAMPLE = 4096
 
 
 def _is_int(value) -> bool:
@@ -159,13 +161,27 @@ def _apply_repetition_penalty(logits: np.ndarray, history, params: SamplingParam
 
 def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
     """Ascending ids of the k largest logits (all ids when k is 0 or >= vocab); ties at the
-    cut keep the lowest ids."""
+    cut keep the lowest ids.
+
+    On a large vocabulary the k-th largest of an evenly strided sample comes first: it is at
+    most the k-th largest of all (the sample's top k are k logits at or above it), so every
+    id that can make the cut is at or above it, and one comparison pass leaves a few
+    candidates to partition instead of the whole vocabulary (about 3x faster at 49k)."""
     vocab = logits.shape[0]
     if k == 0 or k >= vocab:
         return np.arange(vocab)
-    kth_largest = np.partition(logits, vocab - k)[vocab - k]
-    above = np.flatnonzero(logits > kth_largest)
-    tied = np.flatnonzero(logits == kth_largest)[:k - above.size]
+    stride = vocab // _TOP_K_SAMPLE
+    if stride >= 2 and k < _TOP_K_SAMPLE:
+        sample = logits[::stride]
+        floor = np.partition(sample, sample.size - k)[sample.size - k]
+        candidates = np.flatnonzero(logits >= floor)
+    else:
+        candidates = np.arange(vocab)
+    values = logits[candidates]
+    n = values.shape[0]
+    kth_largest = np.partition(values, n - k)[n - k]
+    above = candidates[values > kth_largest]
+    tied = candidates[values == kth_largest][:k - above.size]
     return np.sort(np.concatenate([above, tied]))
 
 

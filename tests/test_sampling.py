@@ -334,3 +334,18 @@ def test_stop_checker_streaming_behaviour():
 def test_stop_checker_rejects(stops):
     with pytest.raises(ValueError):
         StopChecker(stops)
+
+
+@settings(max_examples=60, deadline=None)
+@given(vocab=st.integers(1, 20000), k=st.integers(0, 5000), levels=st.integers(1, 50),
+       masked=st.floats(0, 0.9), seed=st.integers(0, 2**32 - 1))
+def test_top_k_ids_are_the_k_largest_with_lowest_ids_on_ties(vocab, k, levels, masked, seed):
+    """The sampled bound on large vocabularies (_top_k) keeps exactly the ids of a full sort by
+    (logit descending, id ascending), with many ties and -inf entries."""
+    from edgeq.sampling import _top_k
+    rng = np.random.default_rng(seed)
+    logits = rng.integers(0, levels, vocab).astype(np.float64)   # few distinct values: ties
+    logits[rng.random(vocab) < masked] = -np.inf
+    want = np.arange(vocab) if k == 0 or k >= vocab else \
+        np.sort(np.lexsort((np.arange(vocab), -logits))[:k])
+    np.testing.assert_array_equal(_top_k(logits, k), want)
