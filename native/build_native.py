@@ -9,6 +9,7 @@ Build in place for development with ``pip install -e .`` (or ``python setup.py b
 
 import os
 import platform
+import re
 
 from cffi import FFI
 
@@ -65,67 +66,22 @@ void eq_prepared_free(eq_prepared *p);
 int eq_gemm_prepared_q8(const eq_prepared *p, const int8_t *xq, const float *xs, int64_t m,
                         float *out, int32_t threads);
 
-/* the llama decoder's fused steps (steps.h) */
-void eq_floats_to_halves(const float *x, int64_t n, uint16_t *out);
-int eq_step_quantize_row(const float *h, int64_t k, int64_t block, int8_t *q, float *scales);
-int eq_step_norm_quantize(float *x, const float *delta, int64_t rows, int64_t d,
-                          const float *weight, double eps, int64_t block, int8_t *xq, float *xs,
-                          float *work);
-int64_t eq_step_attend_work(int64_t rows, int64_t n_heads, int64_t n_kv, int64_t head_dim,
-                            int64_t end);
-int eq_step_attend_quantize(const float *q, int64_t q_stride, const float *k, int64_t k_stride,
-                            const float *v, int64_t v_stride, int64_t rows, int64_t n_heads,
-                            int64_t n_kv, int64_t head_dim, int64_t start, const float *cos,
-                            const float *sin, int64_t rope_dim, int32_t neox, float scale,
-                            uint16_t *keys, int64_t n_blocks, int64_t key_block, uint16_t *values,
-                            int64_t capacity, int64_t block, int8_t *xq, float *xs, float *work,
-                            int64_t work_len, int32_t threads);
-int eq_step_swiglu_quantize(const float *gate, int64_t gate_stride, const float *up,
-                            int64_t up_stride, int64_t rows, int64_t f, int64_t block,
-                            int8_t *xq, float *xs, float *work);
-
-/* BERT's fused steps (bert_steps.h) */
-int eq_bert_layer_norm_q8(float *x, const float *x_bias, const float *residual, int64_t rows,
-                          int64_t n, const float *weight, const float *bias, float eps,
-                          int64_t block, int8_t *q, float *s);
-int eq_bert_gelu_q8(float *h, const float *bias, int64_t rows, int64_t n, int64_t block,
-                    int8_t *q, float *s);
-int64_t eq_bert_attention_work(int64_t width, int64_t heads, int64_t dim);
-int eq_bert_attention_q8(const float *qkv, const float *bias, const int64_t *starts,
-                         const int64_t *lengths, int64_t batch, int64_t total, int64_t heads,
-                         int64_t dim, float *ctx, int64_t block, int8_t *q, float *s,
-                         float *work, int64_t work_len);
-
-/* the llama decoder's whole forward pass (llama_forward.h) */
-typedef struct {
-    const eq_qmatrix *qkv[3];
-    const eq_qmatrix *gate_up[2];
-    const eq_qmatrix *wo, *down;
-    const float *attn_norm, *ffn_norm;
-    const float *qkv_bias;
-} eq_llama_block;
-typedef struct {
-    int64_t n_layers, dim, n_heads, n_kv, head_dim, ffn_dim, rope_dim;
-    int32_t neox;
-    float attn_scale;
-    double eps;
-    int64_t block_dim, block_q, block_ffn;
-    const eq_llama_block *blocks;
-    const float *output_norm;
-    const eq_qmatrix *output;
-} eq_llama_model;
-typedef struct {
-    uint16_t *keys, *values;
-    int64_t n_blocks, key_block, capacity;
-} eq_llama_cache;
-int64_t eq_llama_forward_work(const eq_llama_model *m, int64_t rows, int64_t end);
-int eq_llama_forward(const eq_llama_model *m, const eq_llama_cache *cache, float *x,
-                     int64_t rows, int64_t start, const float *cos, const float *sin,
-                     int64_t out_rows, float *logits, void *work, int64_t work_bytes,
-                     int32_t threads);
 int eq_gemm_q8(const eq_qmatrix *w, const int8_t *xq, const float *xs, int64_t m,
                int64_t act_block, float *out, int32_t threads);
 """
+
+
+def _declarations(header: str) -> str:
+    """A header's declarations as cffi's cdef takes them: without comments and preprocessor
+    lines (the plain headers of the fused steps; edgeq_native.h, with its inline functions and
+    macros, is declared by hand above)."""
+    with open(os.path.join(HERE, header), encoding="utf-8") as f:
+        text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+for _header in ("steps.h", "llama_forward.h", "bert_steps.h"):
+    CDEF += _declarations(_header)
 KINDS = ("int8", "int8_asym", "int4", "int4_asym", "ternary_2bit", "ternary_base3", "binary",
          "pow2")
 for _kind in KINDS:

@@ -96,7 +96,8 @@ def pool_workers() -> int:
 
 # ---- checks --------------------------------------------------------------------------------
 
-def _check(status: int, what: str) -> None:
+def check_status(status: int, what: str) -> None:
+    """Raise the error a native call's status stands for (0: none)."""
     if status != 0:
         error, text = _STATUS.get(status, (RuntimeError, f"failed with status {status}"))
         raise error(f"native {what} {text}")
@@ -250,11 +251,6 @@ def fits_int32(qt: QTensor, act_block: int) -> bool:
     return _matrix(qt).sub_block(act_block)[1]
 
 
-def check_status(status: int, what: str) -> None:
-    """Raise the error a native call's status stands for (0: none)."""
-    _check(status, what)
-
-
 def _activations(xq, k: int) -> np.ndarray:
     if type(xq) is np.ndarray and xq.ndim == 2 and xq.dtype == _INT8 and xq.shape[1] == k \
             and xq.flags.c_contiguous:
@@ -280,7 +276,7 @@ def quantize_act(x, block):
     scales = np.empty((m, k // block), dtype=np.float32)
     if m == 0:
         return q, scales
-    _check(lib.eq_quantize_q8(ffi.from_buffer("float[]", x), m, k, block,
+    check_status(lib.eq_quantize_q8(ffi.from_buffer("float[]", x), m, k, block,
                               ffi.from_buffer("int8_t[]", q), ffi.from_buffer("float[]", scales)),
            "quantize_act")
     return q, scales
@@ -300,7 +296,7 @@ def block_sums(qt, xq, sub_block):
     out = np.empty((m, n, k // sub), dtype=np.int32)
     if m == 0:
         return out
-    _check(matrix.block_sums_fn(matrix.ptr, ffi.from_buffer("int8_t[]", xq), m, sub,
+    check_status(matrix.block_sums_fn(matrix.ptr, ffi.from_buffer("int8_t[]", xq), m, sub,
               ffi.from_buffer("int32_t[]", out), _thread_count), "block_sums")
     return out
 
@@ -333,7 +329,7 @@ def matmul(qt, xq, xs, act_block, out=None):
         return out
     if m == 0:
         return out
-    _check(matrix.gemm_fn(matrix.ptr, _xq_ptr(xq), _xs_ptr(xs), m, act_block, _out_ptr(out),
+    check_status(matrix.gemm_fn(matrix.ptr, _xq_ptr(xq), _xs_ptr(xs), m, act_block, _out_ptr(out),
                           _thread_count), "matmul")
     return out
 
@@ -364,7 +360,7 @@ class PreparedMatrix:
             if not out.flags.writeable:
                 raise ValueError("out is read-only")
         if m:
-            _check(lib.eq_gemm_prepared_q8(self._handle, ffi.from_buffer("int8_t[]", xq),
+            check_status(lib.eq_gemm_prepared_q8(self._handle, ffi.from_buffer("int8_t[]", xq),
                                            ffi.from_buffer("float[]", xs), m,
                                            ffi.from_buffer("float[]", out), _thread_count),
                    "prepared matmul")
@@ -388,7 +384,7 @@ class PreparedMatrix:
         def run(m: int) -> None:
             if not 0 < m <= cap:
                 raise ValueError(f"rows {m} outside the bound buffers' 1..{cap}")
-            _check(gemm(handle, pointers[0], pointers[1], m, pointers[2], _thread_count),
+            check_status(gemm(handle, pointers[0], pointers[1], m, pointers[2], _thread_count),
                    "prepared matmul")
         return run
 
@@ -423,7 +419,7 @@ def xnor(w_bits, x_bits, k):
     out = np.empty((m, n), dtype=np.int32)
     if m == 0 or n == 0:
         return out
-    _check(lib.eq_xnor_gemm_binary(ffi.from_buffer("uint8_t[]", w_bits), n,
+    check_status(lib.eq_xnor_gemm_binary(ffi.from_buffer("uint8_t[]", w_bits), n,
                                    ffi.from_buffer("uint8_t[]", x_bits), m, kb, int(k),
                                    ffi.from_buffer("int32_t[]", out), _thread_count),
            "xnor")

@@ -33,17 +33,6 @@ if not hasattr(lib, "eq_bert_attention_q8"):
 _F32, _I8, _I64 = np.dtype(np.float32), np.dtype(np.int8), np.dtype(np.int64)
 
 
-def _block(block, width: int, zero: bool = False) -> int:
-    """block as an int: a positive divisor of width (or 0 where zero is allowed)."""
-    if isinstance(block, bool) or not isinstance(block, (int, np.integer)):
-        raise ValueError(f"block must be an integer, got {block!r}")
-    block = int(block)
-    if not ((block > 0 and not width % block) or (zero and block == 0)):
-        raise ValueError(f"block must be a positive divisor of {width}"
-                         f"{' or 0' if zero else ''}, got {block}")
-    return block
-
-
 def _matrix(a, what: str) -> tuple:
     if not isinstance(a, np.ndarray) or a.ndim != 2:
         raise ValueError(f"{what} must be a 2-D numpy array")
@@ -72,7 +61,7 @@ class BertNativeSteps(NativeSteps):
         """x = LayerNorm(x + x_bias + residual) in place (x_bias, residual may be None), then
         quantized into q, s (skipped when block is 0)."""
         rows, n = shape = _matrix(x, "x")
-        block = _block(block, n, zero=True)
+        block = 0 if type(block) is int and block == 0 else self.block(block, n)  # 0: no q8
         args = (self._arg(x, _F32, shape, "x", True),
                 ffi.NULL if x_bias is None else self._arg(x_bias, _F32, (n,), "x_bias"),
                 ffi.NULL if residual is None else self._arg(residual, _F32, shape, "residual"),
@@ -80,16 +69,16 @@ class BertNativeSteps(NativeSteps):
                 self._arg(bias, _F32, (n,), "bias"), float(np.float32(eps)), block,
                 self._arg(q, _I8, shape, "q", True) if block else ffi.NULL,
                 self._arg(s, _F32, (rows, n // block), "s", True) if block else ffi.NULL)
-        return _status(lib.eq_bert_layer_norm_q8(*args))
+        return self.finite(lib.eq_bert_layer_norm_q8(*args))
 
     def gelu_q8(self, h, bias, block, q, s) -> bool:
         """h = GELU(h + bias) in place, then quantized into q, s."""
         rows, n = shape = _matrix(h, "h")
-        block = _block(block, n)
+        block = self.block(block, n)
         args = (self._arg(h, _F32, shape, "h", True), self._arg(bias, _F32, (n,), "bias"),
                 rows, n, block, self._arg(q, _I8, shape, "q", True),
                 self._arg(s, _F32, (rows, n // block), "s", True))
-        return _status(lib.eq_bert_gelu_q8(*args))
+        return self.finite(lib.eq_bert_gelu_q8(*args))
 
     def attention_q8(self, qkv, bias, starts, lengths, heads, ctx, block, q, s) -> bool:
         """Multi-head attention of packed qkv (+ bias, may be None) per sequence -> ctx, then
@@ -99,7 +88,7 @@ class BertNativeSteps(NativeSteps):
         dim = width3 // 3
         if width3 % 3 or heads <= 0 or dim % heads:
             raise ValueError(f"qkv's width {width3} must be 3 * dim, dim whole heads of {heads}")
-        block = _block(block, dim)
+        block = self.block(block, dim)
         starts_p, lengths_p = _lengths(starts, lengths, total)
         shape = (total, dim)
         args = (self._arg(qkv, _F32, (total, width3), "qkv"),
@@ -112,12 +101,4 @@ class BertNativeSteps(NativeSteps):
         with self._lock:
             work = self._scratch(True, need)
             status = lib.eq_bert_attention_q8(*args, work, self._attn.size)
-        return _status(status)
-
-
-def _status(status: int) -> bool:
-    """True for 1, False for 0 (a value was not finite); raises for an argument error, which
-    the checks above should make unreachable."""
-    if status < 0:
-        raise ValueError(f"native BERT step rejected its arguments (status {status})")
-    return status == 1
+        return self.finite(status)

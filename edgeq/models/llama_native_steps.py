@@ -60,18 +60,28 @@ def _check(a, dtype, shape: tuple, what: str, writable: bool, rows: bool) -> Non
                          + (" or have contiguous rows" if rows else ""))
 
 
-def _block(block, width: int) -> int:
-    if type(block) is int and block > 0 and not width % block:   # the usual case, quickly
-        return block
-    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block <= 0 \
-            or width % block:
-        raise ValueError(f"block must be a positive divisor of {width}, got {block!r}")
-    return int(block)
-
-
 class NativeSteps:
     """The C steps for one model: scratch memory, pinned pointers, thread count. Calls from
-    several Python threads are safe; they take turns."""
+    several Python threads are safe; they take turns. Subclasses (edgeq.models.
+    bert_native_steps) add other steps on the same checks."""
+
+    @staticmethod
+    def block(block, width: int) -> int:
+        """block as an int, checked to be a positive divisor of width."""
+        if type(block) is int and block > 0 and not width % block:   # the usual case, quickly
+            return block
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block <= 0 \
+                or width % block:
+            raise ValueError(f"block must be a positive divisor of {width}, got {block!r}")
+        return int(block)
+
+    @staticmethod
+    def finite(status: int) -> bool:
+        """A step's status as the result: True for 1, False for 0 (a value was not finite);
+        raises for an argument error, which the checks before the call make unreachable."""
+        if status < 0:
+            raise ValueError(f"native step rejected its arguments (status {status})")
+        return status == 1
 
     def __init__(self):
         self._row = self._attn = np.empty(0, _F32)   # scratch: one row; attention
@@ -127,7 +137,7 @@ class NativeSteps:
         if not isinstance(x, np.ndarray) or x.ndim != 2:
             raise ValueError("x must be a 2-D numpy array")
         t, d = shape = x.shape
-        block = _block(block, d)
+        block = self.block(block, d)
         none = isinstance(delta, np.ndarray) and delta.shape[:1] == (0,)
         args = (self._arg(x, _F32, shape, "x", True), ffi.NULL if none else
                 self._arg(delta, _F32, shape, "delta"), t, d,
@@ -136,7 +146,7 @@ class NativeSteps:
                 self._arg(xs, _F32, (t, d // block), "xs", True))
         with self._lock:
             status = lib.eq_step_norm_quantize(*args, self._scratch(False, d))
-        return status == 1 or _failed(status)
+        return self.finite(status)
 
     def attend_quantize(self, q, k, v, start, cos, sin, rope_dim, neox, scale, keys, values,
                         block, xq, xs) -> bool:
@@ -158,7 +168,7 @@ class NativeSteps:
                              f"({min(capacity, n_blocks * key_block)} positions)")
         if rope_dim < 0 or rope_dim % 2 or rope_dim > hd:
             raise ValueError(f"rope_dim must be even and at most {hd}, got {rope_dim}")
-        block = _block(block, width)
+        block = self.block(block, width)
         kv_shape, half = (t, n_kv * hd), (t, rope_dim // 2)
         args = (
             self._arg(q, _F32, (t, width), "q", rows=True), _row_stride(q),
@@ -175,31 +185,23 @@ class NativeSteps:
             work = self._scratch(True, need)
             status = lib.eq_step_attend_quantize(*args, work, self._attn.size,
                                                  native_backend.threads())
-        return status == 1 or _failed(status)
+        return self.finite(status)
 
     def swiglu_quantize(self, gate, up, block, xq, xs) -> bool:
         """silu(gate) * up of each row (T, ffn) -> xq, xs."""
         if not isinstance(gate, np.ndarray) or gate.ndim != 2:
             raise ValueError("gate must be a 2-D numpy array")
         t, f = shape = gate.shape
-        block = _block(block, f)
+        block = self.block(block, f)
         args = (self._arg(gate, _F32, shape, "gate", rows=True), _row_stride(gate),
                 self._arg(up, _F32, shape, "up", rows=True), _row_stride(up), t, f, block,
                 self._arg(xq, _I8, shape, "xq", True),
                 self._arg(xs, _F32, (t, f // block), "xs", True))
         with self._lock:
             status = lib.eq_step_swiglu_quantize(*args, self._scratch(False, f))
-        return status == 1 or _failed(status)
+        return self.finite(status)
 
 
 def _row_stride(a: np.ndarray) -> int:
     """Elements from one row to the next of a checked 2-D float32 array."""
     return a.shape[1] if a.flags.c_contiguous else a.strides[0] // 4
-
-
-def _failed(status: int) -> bool:
-    """False for status 0 (a value was not finite); raises for an argument error, which the
-    checks above should make unreachable."""
-    if status < 0:
-        raise ValueError(f"native llama step rejected its arguments (status {status})")
-    return False
