@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: -ffp-contract=off: no fused multiply-add, so float results match the reference's operations
 COMMON_FLAGS = ["-O2", "-std=gnu11", "-ffp-contract=off"]
 PORTABLE_SOURCES = ["kernels_scalar.c", "engine.c", "dispatch.c", "threadpool.c", "steps.c",
-                    "llama_forward.c", "bert_steps.c"]
+                    "llama_forward.c", "bert_steps.c", "bert_forward.c"]
 _AVX2 = ["-mavx2", "-mf16c", "-mpopcnt"]
 SIMD_SOURCES = {
     "x86_64": {
@@ -62,6 +62,8 @@ int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m
 typedef struct eq_prepared eq_prepared;
 eq_prepared *eq_prepare_q8(const eq_qmatrix *w, int64_t act_block);
 size_t eq_prepared_bytes(const eq_prepared *p);
+int64_t eq_prepared_block(const eq_prepared *p);
+const eq_qmatrix *eq_prepared_matrix(const eq_prepared *p);
 void eq_prepared_free(eq_prepared *p);
 int eq_gemm_prepared_q8(const eq_prepared *p, const int8_t *xq, const float *xs, int64_t m,
                         float *out, int32_t threads);
@@ -80,7 +82,7 @@ def _declarations(header: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
 
-for _header in ("steps.h", "llama_forward.h", "bert_steps.h"):
+for _header in ("steps.h", "llama_forward.h", "bert_steps.h", "bert_forward.h"):
     CDEF += _declarations(_header)
 KINDS = ("int8", "int8_asym", "int4", "int4_asym", "ternary_2bit", "ternary_base3", "binary",
          "pow2")
@@ -121,7 +123,8 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "edgeq._native",
-    '#include "edgeq_native.h"\n#include "steps.h"\n#include "llama_forward.h"\n#include "bert_steps.h"',
+    '#include "edgeq_native.h"\n#include "steps.h"\n#include "llama_forward.h"\n#include "bert_steps.h"\n'
+    '#include "bert_forward.h"',
     sources=[_rel(name) for name in PORTABLE_SOURCES + list(simd_sources())],
     include_dirs=[_rel(".")],
     # headers too: an edit to one (kernels_x86_fused.h is a template) must rebuild its users

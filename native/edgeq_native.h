@@ -318,6 +318,9 @@ EQ_DECLARE_KIND(pow2)
 typedef struct eq_prepared eq_prepared;
 eq_prepared *eq_prepare_q8(const eq_qmatrix *w, int64_t act_block);
 size_t eq_prepared_bytes(const eq_prepared *p);
+/* The activation block p was prepared for (0 for NULL), and the matrix it reads. */
+int64_t eq_prepared_block(const eq_prepared *p);
+const eq_qmatrix *eq_prepared_matrix(const eq_prepared *p);
 void eq_prepared_free(eq_prepared *p);
 int eq_gemm_prepared_q8(const eq_prepared *p, const int8_t *xq, const float *xs, int64_t m,
                         float *out, int32_t threads);

@@ -620,6 +620,8 @@ eq_prepared *eq_prepare_q8(const eq_qmatrix *w, int64_t act_block)
 }
 
 size_t eq_prepared_bytes(const eq_prepared *p) { return p ? sizeof *p + p->bytes : 0; }
+int64_t eq_prepared_block(const eq_prepared *p) { return p ? p->act_block : 0; }
+const eq_qmatrix *eq_prepared_matrix(const eq_prepared *p) { return p ? &p->w : NULL; }
 
 void eq_prepared_free(eq_prepared *p)
 {

@@ -2,6 +2,7 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include "carve.h"
 #include "llama_forward.h"
 #include "steps.h"
 
@@ -13,13 +14,6 @@ typedef struct {
     int64_t attn_floats;
 } forward_layout;
 
-static size_t carve(size_t *at, int64_t bytes)
-{
-    size_t start = *at;
-    *at += ((size_t)bytes + 63) & ~(size_t)63;
-    return start;
-}
-
 static forward_layout layout_of(const eq_llama_model *m, int64_t rows, int64_t end)
 {
     int64_t d = m->dim, qw = m->n_heads * m->head_dim, kvw = m->n_kv * m->head_dim,
@@ -27,19 +21,19 @@ static forward_layout layout_of(const eq_llama_model *m, int64_t rows, int64_t e
     forward_layout l;
     size_t at = 0;
     l.attn_floats = eq_step_attend_work(rows, m->n_heads, m->n_kv, m->head_dim, end);
-    l.qkv = carve(&at, rows * (qw + 2 * kvw) * fl);
-    l.o = carve(&at, rows * d * fl);
-    l.gate_up = carve(&at, rows * 2 * f * fl);
-    l.delta = carve(&at, rows * d * fl);
-    l.row = carve(&at, widest * fl);
-    l.attn = carve(&at, l.attn_floats * fl);
-    l.xq_d = carve(&at, rows * d);
-    l.xs_d = carve(&at, rows * (d / m->block_dim) * fl);
-    l.xq_q = carve(&at, rows * qw);
-    l.xs_q = carve(&at, rows * (qw / m->block_q) * fl);
-    l.xq_f = carve(&at, rows * f);
-    l.xs_f = carve(&at, rows * (f / m->block_ffn) * fl);
-    l.total = at + 64;   /* room to align the caller's pointer */
+    l.qkv = eq_carve(&at, rows * (qw + 2 * kvw) * fl);
+    l.o = eq_carve(&at, rows * d * fl);
+    l.gate_up = eq_carve(&at, rows * 2 * f * fl);
+    l.delta = eq_carve(&at, rows * d * fl);
+    l.row = eq_carve(&at, widest * fl);
+    l.attn = eq_carve(&at, l.attn_floats * fl);
+    l.xq_d = eq_carve(&at, rows * d);
+    l.xs_d = eq_carve(&at, rows * (d / m->block_dim) * fl);
+    l.xq_q = eq_carve(&at, rows * qw);
+    l.xs_q = eq_carve(&at, rows * (qw / m->block_q) * fl);
+    l.xq_f = eq_carve(&at, rows * f);
+    l.xs_f = eq_carve(&at, rows * (f / m->block_ffn) * fl);
+    l.total = at + EQ_CARVE_SLACK;
     return l;
 }
 
@@ -204,7 +198,7 @@ int eq_llama_forward(const eq_llama_model *m, const eq_llama_cache *cache, float
     forward_layout l = layout_of(m, rows, end);
     if (work_bytes < (int64_t)l.total)
         return EQ_STEP_EARGS;
-    uint8_t *base = (uint8_t *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    uint8_t *base = eq_carve_base(work);
     float *qkv = (float *)(base + l.qkv), *o = (float *)(base + l.o),
           *gate_up = (float *)(base + l.gate_up), *delta = (float *)(base + l.delta),
           *row = (float *)(base + l.row), *attn = (float *)(base + l.attn);

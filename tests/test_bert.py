@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -467,6 +468,21 @@ def test_fast_path_matches_numpy_reference(tmp_path):
         edgeq.load(tmp_path / "nan.eqm").embed(TEXTS)
 
 
+def embed_in_threads(model, texts, batch_sizes) -> list:
+    """model.embed(texts, b) for each b in batch_sizes, each in its own thread, all at once."""
+    results = [None] * len(batch_sizes)
+
+    def work(i):
+        results[i] = model.embed(texts, batch_size=batch_sizes[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batch_sizes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 @needs_numba
 def test_fused_int8_path_matches_per_layer_path(tmp_path):
     """token_states_q8 (bias and quantization inside the fused kernels) gives the embeddings of
@@ -479,9 +495,42 @@ def test_fused_int8_path_matches_per_layer_path(tmp_path):
     for batch_size in (1, 3):
         np.testing.assert_allclose(fused.embed(TEXTS, batch_size), layered.embed(TEXTS, batch_size),
                                    rtol=0, atol=1e-6)
+    fused._native_encoder = None  # the steps one by one: they see the replaced bias
     fused.layers[1].up.bias = np.full_like(fused.layers[1].up.bias, np.nan)
     with pytest.raises(ValueError, match="NaN or inf"):
         fused.embed(TEXTS)
+
+
+@pytest.mark.skipif(BertNativeSteps is None, reason="needs the native extension's BERT steps")
+def test_native_encoder_gives_the_per_step_bits(tmp_path):
+    """The layers in one C call (edgeq.models.bert_native_forward) give the bits of the C steps
+    called one by one, at every batch size, with kept scratch, scratch of its own past
+    KEPT_ROWS rows, and from several threads; bad token rows or sequences raise ValueError."""
+    from edgeq.models.bert_native_forward import NativeEncoder
+
+    folder, _ = tiny_bert_folder(tmp_path / "hf")
+    path = convert_hf(folder, tmp_path / "tiny8.eqm", qtype="int8")
+    whole, stepwise = edgeq.load(path), edgeq.load(path)
+    assert isinstance(whole._native_encoder, NativeEncoder)
+    stepwise._native_encoder = None
+    texts = [" ".join(["word"] * n) for n in range(1, 36, 2)] * 2  # up to 36 texts of 37 tokens
+    assert 36 * 30 > NativeEncoder.KEPT_ROWS
+    for batch_size in (1, 3, 36):
+        np.testing.assert_array_equal(whole.embed(texts, batch_size), stepwise.embed(texts, batch_size))
+    kept = whole._native_encoder._scratch.size
+    assert 0 < kept < 36 * 30 * whole.dim * 4  # the batch of 36 took scratch of its own
+    want = stepwise.embed(texts, batch_size=4)
+    for got in embed_in_threads(whole, texts, [4] * 4):
+        np.testing.assert_array_equal(got, want)
+    native, dim = whole._native_encoder, whole.dim
+    x = np.zeros((5, dim), np.float32)
+    one, five = np.array([1], np.int64), np.array([5], np.int64)
+    for args in [(x[:, :-1].copy(), np.zeros(1, np.int64), five), (x.T.copy().T, np.zeros(1, np.int64), five),
+                 (x, np.zeros(1, np.int64), np.array([6], np.int64)), (x, one, five),
+                 (x, np.zeros(1, np.int64), np.zeros(1, np.int64)), (x, np.zeros(0, np.int64), five[:0]),
+                 (x, np.zeros(1, np.int32), five), (x.astype(np.float64), np.zeros(1, np.int64), five)]:
+        with pytest.raises(ValueError):
+            native.run(*args)
 
 
 @needs_numba
@@ -493,6 +542,7 @@ def test_fused_int8_workspace_sizes_and_threads(tmp_path):
     folder, _ = tiny_bert_folder(tmp_path / "hf")
     path = convert_hf(folder, tmp_path / "tiny8.eqm", qtype="int8")
     fused, plain = edgeq.load(path), edgeq.load(path)
+    fused._native_encoder = plain._native_encoder = None  # the steps one by one, on the workspace
     for d in plain._denses:
         d.prepared = None  # Dense.matmul_q8 on every call
     texts = [" ".join(["word"] * n) for n in range(1, 36, 2)] * 2  # up to 36 texts of 37 tokens
@@ -501,18 +551,7 @@ def test_fused_int8_workspace_sizes_and_threads(tmp_path):
     for batch_size in (1, 3, 36):  # kept (64 rows), grown (128), then one of its own (> 256)
         np.testing.assert_array_equal(fused.embed(texts, batch_size), want)
     assert fused._q8_kept.rows == 128
-    results = [None] * 4
-
-    def work(i):
-        results[i] = fused.embed(texts, batch_size=1 + i)
-
-    import threading
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for got in results:
+    for got in embed_in_threads(fused, texts, [1, 2, 3, 4]):
         np.testing.assert_array_equal(got, want)
     try:
         from edgeq.kernels import native_backend
@@ -527,6 +566,7 @@ def test_padding_never_reaches_per_token_layers(tmp_path, monkeypatch):
     text gets the same embedding alone and padded in a batch."""
     folder, _ = tiny_bert_folder(tmp_path / "hf")
     model = edgeq.load(convert_hf(folder, tmp_path / "tiny8.eqm", qtype="int8"))
+    model._native_encoder = None  # the matmuls called from Python, to be watched
     texts = ["one two three four five six seven eight", "one two three", "one two three four five"]
     lengths = [len(model.tokenizer.encode(t)) for t in texts]
     rows_seen = []

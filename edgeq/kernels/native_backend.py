@@ -344,7 +344,7 @@ class PreparedMatrix:
     def __init__(self, matrix: _Matrix, handle, act_block: int):
         self.matrix, self.act_block = matrix, act_block
         self.shape = (matrix.rows, matrix.k)
-        self._handle = handle
+        self.handle = handle   # the C eq_prepared (freed with this object)
         self.nbytes = int(lib.eq_prepared_bytes(handle))
 
     def matmul(self, xq, xs, out=None):
@@ -360,7 +360,7 @@ class PreparedMatrix:
             if not out.flags.writeable:
                 raise ValueError("out is read-only")
         if m:
-            check_status(lib.eq_gemm_prepared_q8(self._handle, ffi.from_buffer("int8_t[]", xq),
+            check_status(lib.eq_gemm_prepared_q8(self.handle, ffi.from_buffer("int8_t[]", xq),
                                            ffi.from_buffer("float[]", xs), m,
                                            ffi.from_buffer("float[]", out), _thread_count),
                    "prepared matmul")
@@ -377,7 +377,7 @@ class PreparedMatrix:
         _array(out, np.float32, (cap, n), "out")
         if not out.flags.writeable:
             raise ValueError("out is read-only")
-        handle, gemm = self._handle, lib.eq_gemm_prepared_q8
+        handle, gemm = self.handle, lib.eq_gemm_prepared_q8
         pointers = (ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xs),
                     ffi.from_buffer("float[]", out, require_writable=True))
 

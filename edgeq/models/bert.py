@@ -202,6 +202,19 @@ def _native_steps():
     return BertNativeSteps()
 
 
+def _native_encoder(encoder, where: str):
+    """The encoder's layers as one C call (NativeEncoder), or None where that cannot run."""
+    try:
+        from edgeq.models.bert_native_forward import NativeEncoder
+    except ImportError as e:
+        log.info("%s: the per-step path runs: %s", where, e)
+        return None
+    native, why = NativeEncoder.of(encoder)
+    if native is None:
+        log.info("%s: the per-step path runs: %s", where, why)
+    return native
+
+
 # --- configuration and weights ---------------------------------------------------------------
 @dataclass(frozen=True)
 class BertSpec:
@@ -473,6 +486,9 @@ class BertEncoder:
                 *layer.attn_norm, *layer.ffn_norm, layer.qkv.bias, layer.out.bias, layer.up.bias,
                 layer.down.bias) if a is not None))
         self._q8_ready = self._q8_steps is not None
+        #: the layers as one C call (edgeq.models.bert_native_forward), or None: the steps
+        #: are called one by one
+        self._native_encoder = _native_encoder(self, where) if self.steps_backend == "native" else None
         self._q8_kept: Q8Workspace | None = None  # the fused int8 forward's buffers, kept
         self._q8_lock = threading.Lock()
 
@@ -545,8 +561,10 @@ class BertEncoder:
         """token_states after the embedding sum x (total, dim), when every linear layer takes
         dynamic int8 activations: each fused kernel quantizes its output for the next layer
         and adds the bias of the matmul before it, so a layer is four kernel calls and four
-        matmuls, all on the buffers of a Q8Workspace. Same rule and results as the generic
-        path."""
+        matmuls, all on the buffers of a Q8Workspace; or, where the native encoder runs, the
+        same in one C call, in place in x. Same rule and results as the generic path."""
+        if self._native_encoder is not None:
+            return self._native_encoder.run(x, layout.starts, layout.lengths)
         m = x.shape[0]
         ws = self._q8_workspace(m)
         try:
