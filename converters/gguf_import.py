@@ -50,7 +50,7 @@ from edgeq.converters import gguf_quants as gq
 from edgeq.converters.chunked import chunk_rows, join_row_chunks, progress_bar, quantize_in_chunks
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.format import PackedWriter
-from edgeq.qtypes import QTensor, QuantSpec, get_layout
+from edgeq.qtypes import QTensor, QuantSpec, describe, get_layout
 from edgeq.tokenizer.bpe import BPETokenizer
 
 log = logging.getLogger(__name__)
@@ -397,15 +397,6 @@ def _check_tensors(config: dict, shapes: dict[str, tuple], path: Path) -> None:
 
 
 # --- 3. tensors --------------------------------------------------------------------------
-def describe(t) -> str:
-    """Short form of a stored tensor: "int4 asym g32", "float32"."""
-    if not isinstance(t, QTensor):
-        return str(np.asarray(t).dtype)
-    s = t.spec
-    gran = f"g{s.group_size}" if s.granularity == "group" else s.granularity
-    return " ".join(filter(None, [s.qtype, s.packing, "sym" if s.symmetric else "asym", gran]))
-
-
 def target_spec(options: ImportOptions, name: str, shape: tuple[int, int]) -> QuantSpec | None:
     """The spec a 2-D tensor is re-quantized to, or None to import it as it is."""
     if options.qtype == "keep" or (name == EMBEDDING and not options.quantize_embeddings):

@@ -51,12 +51,11 @@ from typing import Callable
 import numpy as np
 
 from edgeq.converters.chunked import progress_bar, quantize_in_chunks
-from edgeq.converters.gguf_import import describe
 from edgeq.converters.hf_config import BertConfig, LlamaConfig, read_hf_config
 from edgeq.converters.safetensors import open_checkpoint
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.format import PackedWriter
-from edgeq.qtypes import QuantSpec, get_layout
+from edgeq.qtypes import QuantSpec, describe, get_layout
 from edgeq.tokenizer.bpe import BPETokenizer
 from edgeq.tokenizer.wordpiece import WordPieceTokenizer
 

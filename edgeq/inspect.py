@@ -3,16 +3,7 @@
 import math
 
 from edgeq.format import open_packed
-from edgeq.qtypes import QTensor
-
-
-def _describe_spec(t) -> str:
-    if not isinstance(t, QTensor):
-        return str(t.dtype)
-    s = t.spec
-    parts = [s.qtype + (f"/{s.packing}" if s.packing else ""), "sym" if s.symmetric else "asym",
-             f"g{s.group_size}" if s.granularity == "group" else s.granularity]
-    return " ".join(parts)
+from edgeq.qtypes import describe as describe_tensor
 
 
 def describe(path) -> str:
@@ -24,7 +15,7 @@ def describe(path) -> str:
         count = math.prod(t.shape)
         nbytes = t.nbytes
         bits = 8 * nbytes / count if count else 0.0
-        rows.append((name, _describe_spec(t), "x".join(map(str, t.shape)), f"{bits:.3f}", f"{nbytes:,}"))
+        rows.append((name, describe_tensor(t), "x".join(map(str, t.shape)), f"{bits:.3f}", f"{nbytes:,}"))
         total_bytes += nbytes
         total_weights += count
     widths = [max(len(r[i]) for r in rows) for i in range(5)]

@@ -252,6 +252,15 @@ def quantize(w, qtype: str, *, group_size: int | None = None, symmetric: bool = 
     return QTensor(spec, tuple(int(d) for d in w.shape), data)
 
 
+def describe(t) -> str:
+    """Short form of a stored tensor: "int4 asym g32", "ternary 2bit sym row", "float32"."""
+    if not isinstance(t, QTensor):
+        return str(np.asarray(t).dtype)
+    s = t.spec
+    gran = f"g{s.group_size}" if s.granularity == "group" else s.granularity
+    return " ".join(filter(None, [s.qtype, s.packing, "sym" if s.symmetric else "asym", gran]))
+
+
 def take_rows(qt: QTensor, rows: np.ndarray) -> QTensor:
     """The QTensor made of rows `rows` of qt (every layout stores rows along axis 0 of each
     component; per-tensor scales, shape (1, 1), are shared)."""
