@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
@@ -258,6 +258,38 @@ def test_native_steps_flag_non_finite_and_check_arguments():
         with pytest.raises(ValueError):
             call()
     assert steps.attention_q8(qkv, None, one, three, 2, ctx, 8, q, s)
+
+
+@pytest.mark.skipif(BertNativeSteps is None, reason="needs the native extension's BERT steps")
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 70), min_size=1, max_size=5), st.sampled_from([1, 3]),
+       st.sampled_from([8, 16, 24, 32, 40]), st.floats(0.1, 4), st.booleans(), st.integers(0, 2**31))
+@example([512, 1, 17], 3, 40, 4.0, True, 7)
+@example([14, 1], 12, 32, 2.0, False, 8)   # MiniLM's heads
+def test_native_attention_matches_float64(lengths, heads, d, spread, with_bias, seed):
+    """The C attention (key blocks padded to 16, 4 query rows at a time, head widths with and
+    without a tail of less than 16) against float64 softmax attention, for any sequence length
+    (1, not a multiple of 16, one of 512 tokens) and several sequences in a batch, after a
+    longer sequence has left its values in the scratch; and the same bits in any batch."""
+    rng = np.random.default_rng(seed)
+    steps, dim = BertNativeSteps(), heads * d
+    lengths_ = np.array(lengths, dtype=np.int64)
+    starts, total = np.cumsum(lengths_) - lengths_, int(lengths_.sum())
+    qkv = (rng.standard_normal((total, 3 * dim)) * spread).astype(np.float32)
+    bias = (rng.standard_normal(3 * dim) * spread).astype(np.float32) if with_bias else None
+    ctx = np.empty((total, dim), np.float32)
+    q, s = np.empty((total, dim), np.int8), np.empty((total, dim // d), np.float32)
+    assert steps.attention_q8(qkv, bias, starts, lengths_, heads, ctx, d, q, s)
+    x = qkv if bias is None else qkv + bias
+    np.testing.assert_allclose(ctx, attention_float64(x, lengths, heads), rtol=0,
+                               atol=1e-5 * max(1, np.abs(x).max()))
+    np.testing.assert_array_equal(q, quantize_activations(ctx, d)[0])
+    for b in np.argsort(-lengths_):   # longest first: shorter ones reuse dirtier scratch
+        rows = slice(int(starts[b]), int(starts[b] + lengths_[b]))
+        alone = np.empty((lengths[b], dim), np.float32)
+        steps.attention_q8(qkv[rows], bias, np.zeros(1, np.int64), lengths_[b:b + 1], heads, alone,
+                           d, q[rows].copy(), s[rows].copy())
+        np.testing.assert_array_equal(alone, ctx[rows])
 
 
 @needs_both_steps
