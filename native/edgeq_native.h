@@ -204,8 +204,9 @@ typedef struct {
     const float *ws;           /* (nsub, EQ_PANEL) */
     const float *wm;           /* (nsub, EQ_PANEL), NULL without mins */
 } eq_panel;
-/* y[i * ystride + j] for activation rows i < m and panel rows j < nr; raw is scratch of
- * EQ_PANEL_TILE * nsub * EQ_PANEL int32. */
+/* y[i * ystride + j] for activation rows i < m and rows j < nr of the variant's panel_group
+ * consecutive panels p[0], p[1], ... (nr <= panel_group * EQ_PANEL; each broadcast activation
+ * then feeds every panel of the group); raw is scratch of EQ_PANEL_TILE * nsub * EQ_PANEL int32. */
 typedef void (*eq_panel_fn)(const eq_panel *p, const int8_t *x, int64_t m, const int32_t *xsum,
                             const float *xs, float *y, int64_t ystride, int nr, int32_t *raw);
 /* The panel bytes of rows[0..EQ_PANEL) (k bytes each, XOR flip per 4 bytes); a NULL row
@@ -226,6 +227,7 @@ typedef struct {
     eq_combine_fn combine;
     eq_panel_fn panel;           /* NULL: m > 1 takes the slots path */
     eq_panel_pack_fn panel_pack; /* given with panel */
+    int panel_group;             /* panels per panel call (see eq_panel_fn); 0 counts as 1 */
 } eq_simd_table;
 
 /* Each variant's table (defined only where its file is compiled). */

@@ -7,8 +7,9 @@
  *            the row decoded once into scratch, EQ_MAX_TILE activation rows per pass (m > 1);
  *   panel    the fused case with m >= EQ_PANEL_MIN_M where the variant has a panel kernel
  *            (AVX-512 VNNI): 16 weight rows packed once into a panel interleaved by four
- *            codes, then every activation row against it (see eq_panel); a prepared matrix
- *            (eq_prepare_q8) holds its panels packed once, and takes this path at every m;
+ *            codes, then every activation row against it (see eq_panel; AVX-512 takes them
+ *            in pairs, see panel_group); a prepared matrix (eq_prepare_q8) holds its panels
+ *            packed once, and takes this path at every m;
  *   generic  otherwise: decode the row into scratch, dot per sub-block.
  * block_sums (integer sums only) always takes the generic decode + dot route.
  * Rows are split over the persistent thread pool in chunks; results never depend on the split.
@@ -113,9 +114,17 @@ static int valid_matrix(const eq_qmatrix *w)
 static void act_sums(const int8_t *xq, int64_t m, int64_t k, int64_t block, int32_t *out)
 {
     for (int64_t b = 0; b < m * (k / block); b++) {
-        uint32_t acc = 0;  /* wraps like the reference's int32 */
         const int8_t *x = xq + b * block;
-        for (int64_t j = 0; j < block; j++)
+        /* 16 lanes of a constant count, which -O2's cheap vectorizer takes (a byte at a time
+         * this was ~10% of a batch-1 BERT matmul); sums wrap like the reference's int32 */
+        uint32_t lanes[16] = {0}, acc = 0;
+        int64_t j = 0;
+        for (; j + 16 <= block; j += 16)
+            for (int l = 0; l < 16; l++)
+                lanes[l] += (uint32_t)(int32_t)x[j + l];
+        for (int l = 0; l < 16; l++)
+            acc += lanes[l];
+        for (; j < block; j++)
             acc += (uint32_t)(int32_t)x[j];
         out[b] = (int32_t)acc;
     }
@@ -368,34 +377,47 @@ static void pack_panel(const eq_qmatrix *w, const eq_simd_table *t, const eq_pla
                    (int32_t *)p.off);
 }
 
-/* Rows [begin, end) EQ_PANEL at a time: pack the panel (and its weight side) once, or take it
- * from the prepared matrix, then the variant's panel kernel runs every activation row against it. */
+/* Panels per call of the variant's panel kernel (eq_simd_table.panel_group). */
+static int panel_group(const eq_simd_table *t)
+{
+    return t->panel_group > 1 ? t->panel_group : 1;
+}
+
+/* Rows [begin, end) panel_group panels at a time: pack the panels (and their weight side)
+ * once, or take them from the prepared matrix, then the variant's panel kernel runs every
+ * activation row against them. */
 static void panel_rows(matmul_job *job, int64_t begin, int64_t end)
 {
     const eq_qmatrix *w = job->w;
     const eq_simd_table *t = job->t;
     const eq_prepared *prep = job->prepared;
+    const int group = panel_group(t);
     int64_t k = w->k, nsub = job->nsub;
     size_t u_stride = ((size_t)k + 64 + 63) & ~(size_t)63;
     size_t u_bytes = !prep && job->plan.decoded ? (size_t)EQ_PANEL * u_stride : 0;
     size_t block = prep ? 0 : panel_block_bytes(w, job->sub);
     size_t raw_n = (size_t)EQ_PANEL_TILE * (size_t)nsub * EQ_PANEL;
-    uint8_t *u = scratch_get(SCRATCH_ROW, u_bytes + block + raw_n * 4);
+    uint8_t *u = scratch_get(SCRATCH_ROW, u_bytes + group * block + raw_n * 4);
     if (!u) {
         job->status = EQ_ENOMEM;
         return;
     }
     uint8_t *packed = u + u_bytes;
-    int32_t *raw = (int32_t *)(packed + block);
-    for (int64_t r0 = begin; r0 < end; r0 += EQ_PANEL) {
-        int nr = (int)(end - r0 < EQ_PANEL ? end - r0 : EQ_PANEL);
-        uint8_t *at = packed;
-        if (prep)
-            at = prep->data + (size_t)(r0 / EQ_PANEL) * prep->block_bytes;
-        else
-            pack_panel(w, t, &job->plan, job->sub, r0, nr, u, u_stride, packed);
-        eq_panel p = panel_view(w, &job->plan, job->sub, at);
-        t->panel(&p, job->xq, job->m, job->xsum, job->xs, job->y + r0, w->rows, nr, raw);
+    int32_t *raw = (int32_t *)(packed + group * block);
+    for (int64_t r0 = begin; r0 < end; r0 += group * EQ_PANEL) {
+        int nr = (int)(end - r0 < group * EQ_PANEL ? end - r0 : group * EQ_PANEL);
+        eq_panel p[2];
+        for (int c = 0; c * EQ_PANEL < nr; c++) {
+            int64_t rc = r0 + c * EQ_PANEL;
+            uint8_t *at = packed + c * block;
+            if (prep)
+                at = prep->data + (size_t)(rc / EQ_PANEL) * prep->block_bytes;
+            else
+                pack_panel(w, t, &job->plan, job->sub, rc, nr - c * EQ_PANEL < EQ_PANEL ? nr - c * EQ_PANEL : EQ_PANEL,
+                           u, u_stride, at);
+            p[c] = panel_view(w, &job->plan, job->sub, at);
+        }
+        t->panel(p, job->xq, job->m, job->xsum, job->xs, job->y + r0, w->rows, nr, raw);
     }
 }
 
@@ -523,8 +545,10 @@ static int run_matmul(const eq_qmatrix *w, const eq_prepared *prep, const int8_t
     }
     int32_t nthreads = thread_count(threads, w->rows, w->rows * k * m);
     int64_t chunk = chunk_rows(w->rows, k * m, nthreads);
-    if (job.panel)  /* whole panels per chunk */
-        chunk = (chunk + EQ_PANEL - 1) / EQ_PANEL * EQ_PANEL;
+    if (job.panel) {  /* whole groups of panels per chunk */
+        int64_t span = panel_group(job.t) * EQ_PANEL;
+        chunk = (chunk + span - 1) / span * span;
+    }
     eq_parallel_for(matmul_rows, &job, w->rows, chunk, nthreads);
     return job.status;
 }

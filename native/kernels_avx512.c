@@ -226,4 +226,5 @@ const eq_simd_table eq_table_avx512 = {
     .combine = x86_combine,
     .panel = x86_panel,
     .panel_pack = x86_panel_pack,
+    .panel_group = 2,
 };

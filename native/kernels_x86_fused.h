@@ -674,99 +674,129 @@ static void x86_combine(const eq_rowscale *rs, int nr, const int32_t *raw, int64
 
 #if EQ_VNNI
 /* ---- m > 1: the packed panel (see eq_panel), 16 rows per 512-bit vector ----------------------
- * Per activation row, an accumulator holds the running sub-block sums of all 16 rows; a
- * step is one weight load shared by the tile's rows and one VPDPBUSD per row against four
- * activations broadcast. Sums wrap modulo 2^32 like the slot sums. The combine runs straight
- * from the accumulators, with no sums stored: sub-blocks are visited partial by partial
- * (s = q, q + 8, ... for q = 0..7), so an activation row needs one register for the partial
- * being built and one for the running total, which then is the scalar rule's sum of the
- * partials in order 0..7. */
+ * Per activation row and panel, an accumulator holds the running sub-block sums of the
+ * panel's 16 rows; a step is one weight load per panel and, per activation row, four
+ * activations broadcast once and one VPDPBUSD per panel. Two panels (32 weight rows) share
+ * each broadcast: on Zen 4 a tile of one panel x 8 rows is bound by its nine loads per eight
+ * VPDPBUSD (its dot loop alone measured 2.6 G VPDPBUSD/s, two panels x 4 rows 3.4 G, about
+ * one 512-bit VPDPBUSD per cycle).
+ * Sums wrap modulo 2^32 like the slot sums. The combine runs straight from the accumulators,
+ * with no sums stored: sub-blocks are visited partial by partial (s = q, q + 8, ... for
+ * q = 0..7), so an accumulator needs one register for the partial being built and one for
+ * the running total, which then is the scalar rule's sum of the partials in order 0..7. */
 
-/* Accumulators per activation row: short tiles split a sub-block's steps over several (exact
- * integer sums in any order) so that VPDPBUSD's latency is hidden. */
-#define PANEL_NACC(mt) ((mt) == 1 ? 4 : (mt) <= 4 ? 2 : 1)
+/* Activation rows per tile: one panel x 8 rows, or two panels x 4 rows (the accumulators,
+ * partials and weights of 2 x 4 fit the 32 registers; 2 x 5 spills). */
+#define PANEL_ROWS(np) ((np) == 1 ? EQ_PANEL_TILE : EQ_PANEL_TILE / 2)
+/* Accumulators per (panel, activation row): a few chains split a sub-block's steps over
+ * several (exact integer sums in any order) so that VPDPBUSD's latency is hidden. */
+#define PANEL_NACC(chains) ((chains) == 1 ? 4 : (chains) <= 4 ? 2 : 1)
 
-/* tot[i] = activation row i's outputs for the panel's rows, without the mins term; x, xsum
- * and xs start at the tile's first row. simple: mult is 1 and the offset one constant, so
- * the offset term starts the accumulator instead of being multiplied in afterwards. */
-X86_INLINE void panel_tile(const eq_panel *p, const int8_t *x, const int mt, const int32_t *xsum,
-                           const float *xs, __m512 *tot, const int simple)
+/* tot[c * EQ_PANEL_TILE + i] = activation row i's outputs for the rows of panel p[c] (c < np),
+ * without the mins term; x, xsum and xs start at the tile's first row. simple: mult is 1 and
+ * the offset one constant, so the offset term starts the accumulator instead of being
+ * multiplied in afterwards. fetch: prefetch the panels (the first tile; later tiles find
+ * them in cache). */
+X86_INLINE void panel_tile(const eq_panel *p, const int np, const int8_t *x, const int mt,
+                           const int32_t *xsum, const float *xs, __m512 *tot, const int simple,
+                           const int fetch)
 {
-    const int na = PANEL_NACC(mt);
+    const int na = PANEL_NACC(np * mt);
     const int64_t k = p->k, nsub = p->nsub, steps = p->sub / 4;  /* a multiple of 8 */
-#pragma GCC unroll 8
-    for (int i = 0; i < mt; i++)
-        tot[i] = _mm512_setzero_ps();
-    for (int q = 0; q < EQ_PARTIALS; q++) {
-        __m512 part[EQ_PANEL_TILE];
+    const int64_t sub_bytes = steps * 4 * EQ_PANEL;               /* one sub-block of a panel */
+#pragma GCC unroll 2
+    for (int c = 0; c < np; c++)
 #pragma GCC unroll 8
         for (int i = 0; i < mt; i++)
-            part[i] = _mm512_setzero_ps();
+            tot[c * EQ_PANEL_TILE + i] = _mm512_setzero_ps();
+    for (int q = 0; q < EQ_PARTIALS; q++) {
+        __m512 part[2][EQ_PANEL_TILE];
+#pragma GCC unroll 2
+        for (int c = 0; c < np; c++)
+#pragma GCC unroll 8
+            for (int i = 0; i < mt; i++)
+                part[c][i] = _mm512_setzero_ps();
         for (int64_t s = q; s < nsub; s += EQ_PARTIALS) {
-            const uint8_t *w = p->w + s * steps * 4 * EQ_PANEL;
+            const uint8_t *w0 = p[0].w + s * sub_bytes, *w1 = p[np - 1].w + s * sub_bytes;
             const int8_t *xb = x + s * steps * 4;
             /* sub-blocks go partial by partial, not in memory order, and the hardware
              * prefetcher misses the jumps: fetch the next one's codes and weight side (one
              * 64-byte line each: 16 lanes of 4 bytes) while this one runs. Measured on BERT
              * at batch 1: stalls on these loads were a quarter of the kernel's time. */
             const int64_t next = s + EQ_PARTIALS < nsub ? s + EQ_PARTIALS : q + 1;
-            if (next < nsub) {
-                for (int64_t b = 0; b < steps * 4 * EQ_PANEL; b += 64)
-                    _mm_prefetch((const char *)(p->w + next * steps * 4 * EQ_PANEL + b), _MM_HINT_T0);
-                _mm_prefetch((const char *)(p->ws + next * EQ_PANEL), _MM_HINT_T0);
-                if (p->wm)
-                    _mm_prefetch((const char *)(p->wm + next * EQ_PANEL), _MM_HINT_T0);
-                if (p->off)
-                    _mm_prefetch((const char *)(p->off + next * EQ_PANEL), _MM_HINT_T0);
+            if (fetch && next < nsub) {
+#pragma GCC unroll 2
+                for (int c = 0; c < np; c++) {
+                    for (int64_t b = 0; b < sub_bytes; b += 64)
+                        _mm_prefetch((const char *)(p[c].w + next * sub_bytes + b), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(p[c].ws + next * EQ_PANEL), _MM_HINT_T0);
+                    if (p[c].wm)
+                        _mm_prefetch((const char *)(p[c].wm + next * EQ_PANEL), _MM_HINT_T0);
+                    if (p[c].off)
+                        _mm_prefetch((const char *)(p[c].off + next * EQ_PANEL), _MM_HINT_T0);
+                }
             }
-            __m512i acc[EQ_PANEL_TILE][4];
+            __m512i acc[2][EQ_PANEL_TILE][4];
 #pragma GCC unroll 8
             for (int i = 0; i < mt; i++) {
+                /* isum = raw - off * xsum, wrapping (simple), else raw alone */
+                const __m512i start = simple ? _mm512_set1_epi32((int32_t)(
+                                                   0u - (uint32_t)p->off_c * (uint32_t)xsum[i * nsub + s]))
+                                             : _mm512_setzero_si512();
+#pragma GCC unroll 2
+                for (int c = 0; c < np; c++)
 #pragma GCC unroll 4
-                for (int a = 0; a < na; a++)
-                    acc[i][a] = _mm512_setzero_si512();
-                if (simple)  /* isum = raw - off * xsum, wrapping */
-                    acc[i][0] = _mm512_set1_epi32(
-                        (int32_t)(0u - (uint32_t)p->off_c * (uint32_t)xsum[i * nsub + s]));
+                    for (int a = 0; a < na; a++)
+                        acc[c][i][a] = a ? _mm512_setzero_si512() : start;
             }
-            /* eight steps (one 32-code slot) straight-line: a loop carrying the accumulators
-             * step by step costs register copies at -O2 */
-            for (int64_t t = 0; t < steps; t += 8, w += 8 * 4 * EQ_PANEL, xb += 8 * 4) {
+            /* hot loop: eight steps (one 32-code slot) straight-line; a loop carrying the
+             * accumulators step by step costs register copies at -O2 */
+            for (int64_t t = 0; t < steps; t += 8, w0 += 8 * 4 * EQ_PANEL, w1 += 8 * 4 * EQ_PANEL,
+                                          xb += 8 * 4) {
 #pragma GCC unroll 8
                 for (int u = 0; u < 8; u++) {
                     const int a = u % na;
-                    __m512i wv = _mm512_loadu_si512(w + u * 4 * EQ_PANEL);
+                    const __m512i wv0 = _mm512_loadu_si512(w0 + u * 4 * EQ_PANEL);
+                    const __m512i wv1 = np > 1 ? _mm512_loadu_si512(w1 + u * 4 * EQ_PANEL) : wv0;
 #pragma GCC unroll 8
                     for (int i = 0; i < mt; i++) {
                         int32_t four;
                         memcpy(&four, xb + i * k + 4 * u, 4);
-                        acc[i][a] = _mm512_dpbusd_epi32(acc[i][a], wv, _mm512_set1_epi32(four));
+                        const __m512i xv = _mm512_set1_epi32(four);
+                        acc[0][i][a] = _mm512_dpbusd_epi32(acc[0][i][a], wv0, xv);
+                        if (np > 1)
+                            acc[1][i][a] = _mm512_dpbusd_epi32(acc[1][i][a], wv1, xv);
                     }
                 }
             }
-            __m512 ws = _mm512_loadu_ps(p->ws + s * EQ_PANEL);
+#pragma GCC unroll 2
+            for (int c = 0; c < np; c++) {
+                const __m512 ws = _mm512_loadu_ps(p[c].ws + s * EQ_PANEL);
 #pragma GCC unroll 8
-            for (int i = 0; i < mt; i++) {
-                __m512i r = acc[i][0];
+                for (int i = 0; i < mt; i++) {
+                    __m512i r = acc[c][i][0];
 #pragma GCC unroll 4
-                for (int a = 1; a < na; a++)
-                    r = _mm512_add_epi32(r, acc[i][a]);
-                if (!simple) {
-                    const int32_t xq = xsum[i * nsub + s];
-                    if (p->mult != 1)
-                        r = _mm512_mullo_epi32(r, _mm512_set1_epi32(p->mult));
-                    __m512i o = p->off
-                        ? _mm512_mullo_epi32(_mm512_loadu_si512(p->off + s * EQ_PANEL), _mm512_set1_epi32(xq))
-                        : _mm512_set1_epi32((int32_t)((uint32_t)p->off_c * (uint32_t)xq));
-                    r = _mm512_sub_epi32(r, o);
+                    for (int a = 1; a < na; a++)
+                        r = _mm512_add_epi32(r, acc[c][i][a]);
+                    if (!simple) {
+                        const int32_t xq = xsum[i * nsub + s];
+                        if (p->mult != 1)
+                            r = _mm512_mullo_epi32(r, _mm512_set1_epi32(p->mult));
+                        __m512i o = p[c].off
+                            ? _mm512_mullo_epi32(_mm512_loadu_si512(p[c].off + s * EQ_PANEL), _mm512_set1_epi32(xq))
+                            : _mm512_set1_epi32((int32_t)((uint32_t)p->off_c * (uint32_t)xq));
+                        r = _mm512_sub_epi32(r, o);
+                    }
+                    __m512 f = _mm512_mul_ps(_mm512_set1_ps(xs[i * nsub + s]), ws);
+                    part[c][i] = _mm512_add_ps(part[c][i], _mm512_mul_ps(_mm512_cvtepi32_ps(r), f));
                 }
-                __m512 f = _mm512_mul_ps(_mm512_set1_ps(xs[i * nsub + s]), ws);
-                part[i] = _mm512_add_ps(part[i], _mm512_mul_ps(_mm512_cvtepi32_ps(r), f));
             }
         }
+#pragma GCC unroll 2
+        for (int c = 0; c < np; c++)
 #pragma GCC unroll 8
-        for (int i = 0; i < mt; i++)
-            tot[i] = _mm512_add_ps(tot[i], part[i]);
+            for (int i = 0; i < mt; i++)
+                tot[c * EQ_PANEL_TILE + i] = _mm512_add_ps(tot[c * EQ_PANEL_TILE + i], part[c][i]);
     }
 }
 
@@ -828,37 +858,51 @@ static void x86_panel_pack(const uint8_t *const *rows, int64_t k, uint32_t flip,
     eq_panel_pack_scalar(rows, j, k, flip, out);
 }
 
+/* The panel kernel (eq_panel_fn) of panel_group 2: nr <= 2 * EQ_PANEL rows, p[0] holding
+ * rows 0..15 and, when nr > EQ_PANEL, p[1] rows 16..nr-1 (see panel_tile for why pairs). */
 static void x86_panel(const eq_panel *p, const int8_t *x, int64_t m, const int32_t *xsum,
                       const float *xs, float *y, int64_t ystride, int nr, int32_t *raw)
 {
     (void)raw;  /* the combine runs from registers (panel_tile) */
     const int64_t k = p->k, nsub = p->nsub;
-
+    const int np = nr > EQ_PANEL ? 2 : 1, rows = PANEL_ROWS(np);
     const int simple = p->mult == 1 && !p->off;
-    const __mmask16 lanes = (__mmask16)((1u << nr) - 1);
-    for (int64_t i0 = 0; i0 < m; i0 += EQ_PANEL_TILE) {
-        int mt = (int)(m - i0 < EQ_PANEL_TILE ? m - i0 : EQ_PANEL_TILE);
+    const __mmask16 lanes[2] = {(__mmask16)((1u << (nr < EQ_PANEL ? nr : EQ_PANEL)) - 1),
+                                (__mmask16)((1u << (nr - EQ_PANEL > 0 ? nr - EQ_PANEL : 0)) - 1)};
+    for (int64_t i0 = 0; i0 < m; i0 += rows) {
+        int mt = (int)(m - i0 < rows ? m - i0 : rows);
         const int8_t *xt = x + i0 * k;
         const int32_t *qt = xsum + i0 * nsub;
         const float *ft = xs + i0 * nsub;
-        __m512 tot[EQ_PANEL_TILE];
-#define PANEL_CASE(LABEL, MT)                                                                \
+        __m512 tot[2 * EQ_PANEL_TILE];
+#define PANEL_CASE(LABEL, NP, MT)                                                            \
     LABEL:                                                                                   \
         if (simple)                                                                          \
-            panel_tile(p, xt, MT, qt, ft, tot, 1);                                           \
+            panel_tile(p, NP, xt, MT, qt, ft, tot, 1, i0 == 0);                              \
         else                                                                                 \
-            panel_tile(p, xt, MT, qt, ft, tot, 0);                                           \
+            panel_tile(p, NP, xt, MT, qt, ft, tot, 0, i0 == 0);                              \
         break;
-        switch (mt) {  /* each tile height and offset form specialised by inlining */
-        PANEL_CASE(case 1, 1) PANEL_CASE(case 2, 2) PANEL_CASE(case 3, 3) PANEL_CASE(case 4, 4)
-        PANEL_CASE(case 5, 5) PANEL_CASE(case 6, 6) PANEL_CASE(case 7, 7) PANEL_CASE(default, 8)
+        /* each panel count, tile height and offset form specialised by inlining */
+        if (np == 1) {
+            switch (mt) {
+            PANEL_CASE(case 1, 1, 1) PANEL_CASE(case 2, 1, 2) PANEL_CASE(case 3, 1, 3)
+            PANEL_CASE(case 4, 1, 4) PANEL_CASE(case 5, 1, 5) PANEL_CASE(case 6, 1, 6)
+            PANEL_CASE(case 7, 1, 7) PANEL_CASE(default, 1, 8)
+            }
+        } else {
+            switch (mt) {
+            PANEL_CASE(case 1, 2, 1) PANEL_CASE(case 2, 2, 2) PANEL_CASE(case 3, 2, 3)
+            PANEL_CASE(default, 2, 4)
+            }
         }
 #undef PANEL_CASE
-        for (int i = 0; i < mt; i++) {
-            /* the mins' partials are added after the scales' (+0 without mins, as the rule) */
-            __m512 mins = p->wm ? panel_mins(p, qt + i * nsub, ft + i * nsub) : _mm512_setzero_ps();
-            _mm512_mask_storeu_ps(y + (i0 + i) * ystride, lanes, _mm512_add_ps(tot[i], mins));
-        }
+        for (int c = 0; c < np; c++)
+            for (int i = 0; i < mt; i++) {
+                /* the mins' partials are added after the scales' (+0 without mins, as the rule) */
+                __m512 mins = p[c].wm ? panel_mins(&p[c], qt + i * nsub, ft + i * nsub) : _mm512_setzero_ps();
+                _mm512_mask_storeu_ps(y + (i0 + i) * ystride + c * EQ_PANEL, lanes[c],
+                                      _mm512_add_ps(tot[c * EQ_PANEL_TILE + i], mins));
+            }
     }
 }
 #endif

@@ -408,6 +408,34 @@ def test_prepared_matmul_matches_reference(spec, rows, k, m, act, threads, seed)
 
 
 @needs_native
+@pytest.mark.parametrize("spec", [("int8", "row", 0, True, ""), ("int4", "group", 32, True, "")])
+def test_prepared_panel_pairs_match_scalar_bits(spec):
+    """The AVX-512 kernel runs panels in pairs (32 weight rows, tiles of 4 activation rows)
+    and a last odd panel alone (tiles of 8): every tile height of both, a partial second
+    panel, 12 sub-blocks (uneven partials) and the offset folded in (int8) or applied after
+    (int4) give the scalar variant's bits, on 1 and 2 threads."""
+    rng = np.random.default_rng(17)
+    for rows in (32, 40, 63, 80):  # 40, 63: a partial second panel; 80: a last panel alone
+        qt = random_qtensor(rng, spec, rows, 384)
+        prepared = _prepared_or_skip(qt, 32)
+        for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 20):
+            xq = rng.integers(-128, 128, (m, 384), dtype=np.int16).astype(np.int8)
+            xs = rng.random((m, 12), dtype=np.float32)
+            try:
+                nb.use_variant("scalar")
+                want = nb.matmul(qt, xq, xs, 32)
+            finally:
+                nb.use_variant(nb.variants()[-1])
+            for threads in (1, 2):
+                nb.set_threads(threads)
+                try:
+                    got = prepared.matmul(xq, xs)
+                finally:
+                    nb.set_threads(None)
+                assert got.tobytes() == want.tobytes(), (rows, m, threads)
+
+
+@needs_native
 def test_prepared_bound_buffers_and_other_variants():
     rng = np.random.default_rng(11)
     qt = quantize(rng.standard_normal((40, 96)).astype(np.float32), "int8")
