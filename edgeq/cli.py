@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -106,7 +107,8 @@ def cmd_eval_ppl(args) -> int:
 def cmd_quantize(args) -> int:
     from edgeq.calibrate import quantize
     try:
-        summary = quantize(args.src, args.output, args.recipe, bits=args.bits, progress=not args.no_progress,
+        summary = quantize(args.src, args.output, args.recipe, bits=args.bits, allocation=args.allocation,
+                           progress=not args.no_progress,
                            qtype=args.qtype, algorithm=args.algo, group_size=args.group_size,
                            symmetric=False if args.asymmetric else None, calib=args.calib,
                            samples=args.samples, seq_len=args.seq_len, seed=args.seed,
@@ -229,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asymmetric", action="store_true", help="per-group mins (zero points)")
     p.add_argument("--bits", type=float, default=None,
                    help="bits-per-weight budget: mixed precision over the linear layers")
+    p.add_argument("--allocation", choices=("output-error", "probed"), default="output-error",
+                   help="how --bits is spread: each layer's relative output error (default), or "
+                        "probed: the model's KL divergence with each layer alone at int2 (better; "
+                        "one forward pass per layer; llama-family models)")
     p.add_argument("--calib", default=None, help="calibration text: plain text or JSON lines (default: pydoc)")
     p.add_argument("--samples", type=int, default=None, help="calibration windows (recipe default 64)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per window (recipe default 512)")
@@ -277,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader left (`edgeq inspect m.eqm | head`): not an error
+        # stdout's remaining buffer cannot be written either: point it at nothing for exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -790,7 +790,8 @@ def test_cli_quantize_bits_budget_and_bad_options(smollm2_slice, tmp_path, capsy
                      "--samples", "2", "--seq-len", "32", "--calib", str(smollm2_slice.parent / "calib.txt"),
                      "--no-progress"]) == 0
     packed = open_packed(out)
-    assert packed.metadata["bits_budget"] == 3.5
+    assert packed.metadata["bits_budget"] == 3.5 and packed.metadata["allocation"] == "output-error"
+    assert "probe" not in packed.metadata
     recipe = Recipe.from_json(packed.metadata["recipe"])
     layers = [n for g in driver.input_groups(packed.config) for n in g.layers]
     assert [o.pattern for o in recipe.overrides] == layers
@@ -843,4 +844,89 @@ def test_static_mode_is_refused_for_llama(tmp_path):
     with pytest.raises(UnsupportedError, match="BERT"):
         edgeq.calibrate.quantize(tiny_llama(tmp_path / "tiny.eqm"), tmp_path / "q.eqm", qtype="int8",
                                  activations="static", calibration_ids=np.zeros((1, 8), np.int32))
+    assert not (tmp_path / "q.eqm").exists()
+
+
+# --- probed allocation (edgeq.calibrate.probe) ----------------------------------------------------
+
+
+def test_probe_loss_is_zero_for_the_float_weights_and_grows_as_a_layer_coarsens(smollm2_slice):
+    """SmolLM2's first block (real weights): the reference itself has loss 0; one matrix at int2
+    moves the next-token distributions more than at int4; the model is left as it was."""
+    from edgeq.calibrate import probe
+
+    model = edgeq.load(smollm2_slice)
+    packed = open_packed(smollm2_slice)
+    names = [n for g in driver.input_groups(packed.config) for n in g.layers]
+    floats = {n: np.asarray(packed[n]) for n in names}
+    ids = np.random.default_rng(40).integers(0, packed.config["vocab_size"], (3, 24))
+    windows = probe.probe_windows(ids)
+    before = model.logits(ids[0])
+    loss = probe.OutputLoss(model, floats, windows)
+    assert loss({}) == 0.0 and loss({names[0]: floats[names[0]]}) == 0.0
+    down = "blk.0.ffn_down.weight"
+    coarse = loss({down: Grid("int2", 96, False).rtn(floats[down]).dequantize()})
+    fine = loss({down: Grid("int3", 32, False).rtn(floats[down]).dequantize()})
+    assert 0 < fine < coarse
+    # the weights are dequantized Q4_1 (int4 g32 asymmetric): that grid gives them back exactly
+    assert loss({down: Grid("int4", 32, False).rtn(floats[down]).dequantize()}) == 0.0
+    assert np.array_equal(model.logits(ids[0]), before)
+    with pytest.raises(ValueError, match="not a block weight"):
+        loss({"blk.7.ffn_down.weight": floats[down]})
+    assert np.array_equal(model.logits(ids[0]), before)
+
+
+def test_probe_leaves_a_quantized_model_on_its_fast_path(tmp_path):
+    from edgeq.calibrate import probe
+
+    packed = open_packed(tiny_llama(tmp_path / "tiny.eqm"))
+    tensors = {n: quantize_weights(packed[n], "int8") if packed[n].ndim == 2 else packed[n] for n in packed}
+    model = LlamaModel(open_packed(save(tmp_path / "q8.eqm", tensors, config=packed.config)))
+    assert model.fast_path
+    ids = np.arange(12)
+    before = model.logits(ids)
+    floats = {n: tensors[n].dequantize() for g in driver.input_groups(packed.config) for n in g.layers}
+    loss = probe.OutputLoss(model, floats, [ids])
+    assert loss({"blk.1.attn_v.weight": np.zeros((32, 64), np.float32)}) > 0
+    assert model.fast_path and np.array_equal(model.logits(ids), before)
+
+
+@given(n=st.integers(1, 40), seq_len=st.integers(1, 300), count=st.integers(1, 5))
+def test_probe_windows_spread_over_the_samples(n, seq_len, count):
+    from edgeq.calibrate import probe
+
+    samples = np.arange(n * seq_len).reshape(n, seq_len)
+    windows = probe.probe_windows(samples, count, 128)
+    rows = windows[:, 0] // seq_len
+    assert windows.shape == (min(n, count), min(seq_len, 128))
+    assert np.all(np.diff(rows) > 0) and rows[0] == 0
+    assert rows[-1] == (n - 1 if count > 1 else 0)
+    assert np.array_equal(windows, samples[rows, :128])
+
+
+def test_probed_allocation_on_a_smollm2_slice(smollm2_slice, tmp_path):
+    out = tmp_path / "probed.eqm"
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(out), "--algo", "rtn", "--bits", "3.0",
+                     "--allocation", "probed", "--samples", "2", "--seq-len", "32",
+                     "--calib", str(smollm2_slice.parent / "calib.txt"), "--no-progress"]) == 0
+    packed = open_packed(out)
+    assert packed.metadata["bits_budget"] == 3.0 and packed.metadata["allocation"] == "probed"
+    assert packed.metadata["probe"] == {"grid": "int2 g96", "windows": 2, "tokens": 32}
+    layers = [n for g in driver.input_groups(packed.config) for n in g.layers]
+    recipe = Recipe.from_json(packed.metadata["recipe"])
+    assert [o.pattern for o in recipe.overrides] == layers
+    bits = sum(8 * packed[n].nbytes for n in layers) / sum(packed[n].shape[0] * packed[n].shape[1] for n in layers)
+    assert 2.5 < bits <= 3.0
+    assert len({(packed[n].qtype, packed[n].spec) for n in layers}) > 1  # a real mix
+    assert np.isfinite(edgeq.load(out).logits(np.arange(100, 110))).all()
+
+
+def test_probed_allocation_is_refused_where_it_cannot_run(minilm_slice, tmp_path):
+    with pytest.raises(UnsupportedError, match="llama-family"):
+        edgeq.calibrate.quantize(minilm_slice, tmp_path / "q.eqm", qtype="int4", bits=4.0, allocation="probed",
+                                 samples=2, seq_len=16)
+    with pytest.raises(ValueError, match="give bits"):
+        edgeq.calibrate.quantize(minilm_slice, tmp_path / "q.eqm", allocation="probed")
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        edgeq.calibrate.quantize(minilm_slice, tmp_path / "q.eqm", bits=4.0, allocation="kl")
     assert not (tmp_path / "q.eqm").exists()

@@ -14,8 +14,12 @@ change them: qtype, algorithm, group_size (0: the type's default granularity, e.
 row), symmetric (the default weight settings; a new algorithm starts from its default
 parameters), calib / samples / seq_len / seed (calibration
 text and windows), activations ("dynamic" | "static", or an ActivationConfig) and bits (a
-bits-per-weight budget: mixed precision over the linear layers). The recipe actually applied
-travels in the output file's metadata ("recipe").
+bits-per-weight budget: mixed precision over the linear layers) with allocation (how the
+budget is spread: "output-error", each layer's relative output error, or "probed", the
+model's own KL divergence from the float model with each layer alone at int2, measured on
+two 128-token windows of the calibration samples: better, one forward pass per layer and
+window, llama-family models only; see driver.quantize_packed). The recipe actually applied
+travels in the output file's metadata ("recipe", with "bits_budget" and "allocation").
 """
 
 from __future__ import annotations
@@ -109,8 +113,8 @@ def build_recipe(recipe=None, *, qtype=None, algorithm=None, group_size=None, sy
     return recipe
 
 
-def quantize(src, dst, recipe=None, *, bits: float | None = None, progress: bool = False,
-             calibration_ids=None, **options) -> QuantizeSummary:
+def quantize(src, dst, recipe=None, *, bits: float | None = None, allocation: str = "output-error",
+             progress: bool = False, calibration_ids=None, **options) -> QuantizeSummary:
     """Quantize the model at `src` (GGUF, HF folder or .eqm) into the .eqm `dst`.
 
     recipe / options: see the module docstring (options are build_recipe's keywords).
@@ -121,6 +125,7 @@ def quantize(src, dst, recipe=None, *, bits: float | None = None, progress: bool
     from edgeq.converters.convert import convert, source_kind
 
     recipe = build_recipe(recipe, **options)
+    driver.check_allocation(allocation, bits)  # before a slow import of the source
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
@@ -135,7 +140,7 @@ def quantize(src, dst, recipe=None, *, bits: float | None = None, progress: bool
             source = convert(src, Path(tmp) / "source.eqm")
             log.info("imported %s into a temporary float/exact .eqm", src)
         applied, reports = driver.quantize_packed(source, dst, recipe, samples=calibration_ids, bits=bits,
-                                                  progress=progress)
+                                                  allocation=allocation, progress=progress)
     return QuantizeSummary(dst, applied, tuple(reports))
 
 

@@ -416,13 +416,42 @@ class _Bars:
         return self._tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
 
+#: how a bits budget is spread over the layers (quantize_packed's `allocation`)
+ALLOCATIONS = ("output-error", "probed")
+#: the architectures whose output the probed allocation can measure (edgeq.calibrate.probe)
+PROBED_ARCHITECTURES = ("llama", "qwen2")
+
+
+def check_allocation(allocation: str, bits: float | None, architecture: str | None = None) -> None:
+    """ValueError for an unknown allocation or "probed" without a budget; UnsupportedError for
+    "probed" on an architecture other than PROBED_ARCHITECTURES (when it is given)."""
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if allocation == "probed" and bits is None:
+        raise ValueError("the probed allocation spreads a bits-per-weight budget: give bits too")
+    if allocation == "probed" and architecture is not None and architecture not in PROBED_ARCHITECTURES:
+        raise UnsupportedError(f"the probed allocation measures next-token distributions of a llama-family "
+                               f"decoder ({', '.join(PROBED_ARCHITECTURES)}); {architecture!r} is not one: "
+                               f"use allocation 'output-error'")
+
+
 def quantize_packed(src, dst, recipe: Recipe, *, samples=None, bits: float | None = None,
-                    gram_memory: int = 2 << 30, progress: bool = False) -> tuple[Recipe, list[LayerReport]]:
+                    allocation: str = "output-error", gram_memory: int = 2 << 30,
+                    progress: bool = False) -> tuple[Recipe, list[LayerReport]]:
     """Quantize the linear layers of the model in .eqm `src` by `recipe` into `dst`.
 
     samples: token id rows (default: recipe.calibration with the model's tokenizer).
     bits: a bits-per-weight budget over the linear layers: mixed.budget_recipe adds per-layer
-    overrides (from the round-to-nearest sensitivities of mixed.DEFAULT_CANDIDATES).
+    overrides, from sensitivities chosen by `allocation`:
+        "output-error"  the relative round-to-nearest output error of each layer over
+                        mixed.DEFAULT_CANDIDATES
+        "probed"        the model's own loss (edgeq.calibrate.probe: KL divergence from the
+                        float model on probe.probe_windows(samples)) with each unit alone at
+                        the probe grid, carried to mixed.LOW_BIT_CANDIDATES by the relative
+                        errors (mixed.probed_errors); llama-family models only, one forward
+                        pass per window and unit
+    dst's metadata records "bits_budget", "allocation" and, when probed, "probe" (grid,
+    windows, tokens).
     The blocks are calibrated in passes whose Gram matrices fit `gram_memory` bytes (all of
     SmolLM2-135M's fit in 0.8 GiB: one pass). With recipe.activations.mode "static" the
     layers' int8 input scales are calibrated too (edgeq.calibrate.static; BERT only).
@@ -436,6 +465,7 @@ def quantize_packed(src, dst, recipe: Recipe, *, samples=None, bits: float | Non
     packed = open_packed(Path(src))
     config = packed.config or {}
     groups = input_groups(config)
+    check_allocation(allocation, bits, config.get("architecture"))
     static_acts = recipe.activations.mode == "static"
     if static_acts and config.get("architecture") != "bert":
         raise UnsupportedError(f"static activation scales run on BERT encoders only; "
@@ -463,16 +493,21 @@ def quantize_packed(src, dst, recipe: Recipe, *, samples=None, bits: float | Non
             cached = stats
         return stats
 
+    probe_record = None
     if bits is not None:
+        candidates = mixed.LOW_BIT_CANDIDATES if allocation == "probed" else mixed.DEFAULT_CANDIDATES
         sizes, errors = {}, {}
         for i, chunk in enumerate(chunks):
             units = _units(chunk, recipe)
             floats = {n: _float(packed[n]) for u in units for n in u}
-            s, e = mixed.relative_errors(floats, stats_of(chunk, f"pass {i + 1}/{len(chunks)}"), units)
+            s, e = mixed.relative_errors(floats, stats_of(chunk, f"pass {i + 1}/{len(chunks)}"), units,
+                                         candidates)
             sizes.update(s)
             errors.update(e)
-        recipe = mixed.budget_recipe(recipe, sizes, errors, _units(groups, recipe), bits)
-        log.info("mixed precision for %.3f bits per weight: %d layer overrides", bits,
+        if allocation == "probed":
+            errors, probe_record = _probed(model, packed, _units(groups, recipe), errors, samples, candidates, bars)
+        recipe = mixed.budget_recipe(recipe, sizes, errors, _units(groups, recipe), bits, candidates)
+        log.info("mixed precision (%s) for %.3f bits per weight: %d layer overrides", allocation, bits,
                  len(recipe.overrides))
 
     tensors = {name: packed[name] for name in packed}
@@ -495,6 +530,22 @@ def quantize_packed(src, dst, recipe: Recipe, *, samples=None, bits: float | Non
         tensors.update(static.calibrate_scales(model, samples, groups, recipe.activations))
     metadata = dict(packed.metadata or {}, recipe=recipe.to_json())
     if bits is not None:
-        metadata["bits_budget"] = bits
+        metadata.update(bits_budget=bits, allocation=allocation)
+    if probe_record is not None:
+        metadata["probe"] = probe_record
     save(Path(dst), tensors, config=packed.config, tokenizer=packed.tokenizer, metadata=metadata)
     return recipe, reports
+
+
+def _probed(model, packed, units, relative, samples, candidates, bars) -> tuple[dict, dict]:
+    """probe.probed_sensitivities of `units`, every block matrix float in the reference."""
+    from edgeq.calibrate import probe
+
+    floats = {n: _float(packed[n]) for u in units for n in u}
+    bar = bars.bar(len(units), "probing", "layer")
+    try:
+        return probe.probed_sensitivities(model, floats, units, relative, samples, candidates,
+                                          on_unit=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()

@@ -27,9 +27,10 @@ model's output far more than in another. probed_errors measures that on the mode
 one forward pass per unit: the loss (e.g. KL divergence from the float model's next-token
 distributions) with that unit alone quantized to one probe grid, carried to the other
 candidates by the ratio of their relative output errors (both grow with the square of the
-layer's output error, so for small errors the ratio holds). LOW_BIT_CANDIDATES adds the coarse
-groups (192 divides both of SmolLM2's widths, 576 and 1536) that make 2.0-2.5 bit budgets
-leave room for wider layers.
+layer's output error, so for small errors the ratio holds); edgeq.calibrate.probe gives that
+loss for llama-family decoders (driver.quantize_packed, allocation "probed"). LOW_BIT_CANDIDATES
+adds the coarse groups (192 divides both of SmolLM2's widths, 576 and 1536) that make 2.0-2.5
+bit budgets leave room for wider layers.
 """
 
 from __future__ import annotations

@@ -27,10 +27,12 @@ SmolLM2 (llama part)
                 every other tensor from the exact import of the source (token_embd, the tied
                 embedding/output: Q8_0 imported as int8 g32; norms float32), as llama.cpp keeps
                 token_embd Q8_0 in its Q3_K_S / Q2_K files
-    mixed-probed the allocation from sensitivities measured on the model (mixed.probed_errors: KL
-                divergence from the float model with one layer alone at int2 g96, carried to
-                the other widths by relative output errors), candidates mixed.LOW_BIT_CANDIDATES,
-                at each --probed-budgets bits per weight, every layer by gptq+
+    mixed-probed the allocation from sensitivities measured on the model (mixed.probed_errors with
+                edgeq.calibrate.probe's loss: KL divergence from the float model with one layer
+                alone at int2 g96, carried to the other widths by relative output errors),
+                candidates mixed.LOW_BIT_CANDIDATES, at each --probed-budgets bits per weight,
+                every layer by gptq+: what `edgeq quantize --allocation probed` does, on the
+                same probe windows (probe.probe_windows of the calibration samples)
     --float-eval the candidates' block weights dequantized into the float reference model (no int8
                 activations): a weights-only score, much faster for int2 / int3, whose products
                 run on the per-step path; such rows are named "... [float eval]"
@@ -50,7 +52,6 @@ MiniLM (bert part)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fnmatch
 import importlib.resources
 import json
@@ -63,7 +64,7 @@ from pathlib import Path
 import numpy as np
 
 import edgeq
-from edgeq.calibrate import data, driver, mixed
+from edgeq.calibrate import data, driver, mixed, probe
 from edgeq.calibrate.recipe import CalibrationSettings, GPTQParams, Recipe, WeightConfig
 from edgeq.converters.convert import convert
 from edgeq.eval import perplexity_of_ids
@@ -196,7 +197,7 @@ def run_llama(args) -> None:
             # the norms too: AWQ and SmoothQuant fold their input scales into them
             norms = {n: np.asarray(tensors[n], np.float32) for n in tensors
                      if n.startswith("blk.") and n.endswith("norm.weight")}
-            undo = swap_weights(model, {**{n: tensors[n].dequantize() for n in block_names}, **norms})
+            undo = probe.swap_weights(model, {**{n: tensors[n].dequantize() for n in block_names}, **norms})
             try:
                 r = perplexity_of_ids(model, eval_ids, 256)
             finally:
@@ -216,11 +217,12 @@ def run_llama(args) -> None:
     # fair size: the linear layers start from float, every other tensor keeps the source's type
     sources = {n: floats[n] if n in block_names else exact[n] for n in packed}
 
+    samples = data.calibration_samples(tokens, args.samples, args.seq_len, 0)
+
     def get_stats():
         nonlocal stats
         if stats is None:
             t0 = time.perf_counter()
-            samples = data.calibration_samples(tokens, args.samples, args.seq_len, 0)
             stats = driver.collect_stats(model, samples, groups)
             log.info("calibration pass: %d x %d tokens in %.1f s, peak %.0f MiB", args.samples,
                      args.seq_len, time.perf_counter() - t0, peak_mib())
@@ -270,7 +272,7 @@ def run_llama(args) -> None:
         if key not in results and wanted(args, key):
             t0 = time.perf_counter()
             units = [(n,) for g in groups for n in g.layers]
-            sizes, errors = probed_sensitivities(args, model, tokens, floats, get_stats, units)
+            sizes, errors = probed_sensitivities(args, model, samples, floats, get_stats, units)
             r = mixed.budget_recipe(recipe("int4", 64, "gptq+"), sizes, errors, units, budget,
                                     mixed.LOW_BIT_CANDIDATES)
             picked = [r.for_layer(n) for (n,) in units]
@@ -282,58 +284,28 @@ def run_llama(args) -> None:
             grid_row(qtype, group, algo)
 
 
-#: name part -> (Block field, index in its tuple or None)
-BLOCK_SLOTS = {"attn_q": ("qkv", 0), "attn_k": ("qkv", 1), "attn_v": ("qkv", 2), "attn_output": ("wo", None),
-               "ffn_gate": ("gate_up", 0), "ffn_up": ("gate_up", 1), "ffn_down": ("w_down", None),
-               "attn_norm": ("attn_norm", None), "ffn_norm": ("ffn_norm", None)}
-
-
-def swap_weights(model, replaced: dict):
-    """Put float matrices and norm weights into a (float, unfused) LlamaModel's blocks;
-    returns the undo."""
-    saved = list(model.blocks)
-    for name, w in replaced.items():
-        _, i, kind, _ = name.split(".")
-        field, pos = BLOCK_SLOTS[kind]
-        block = model.blocks[int(i)]
-        value = w if pos is None else tuple(w if j == pos else m for j, m in enumerate(getattr(block, field)))
-        model.blocks[int(i)] = dataclasses.replace(block, **{field: value})
-    return lambda: model.blocks.__setitem__(slice(None), saved)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
-def probed_sensitivities(args, model, tokens, floats, get_stats, units):
-    """mixed.probed_errors with the mean KL divergence from the float model's next-token
-    distributions on --probe-windows calibration windows of 128 tokens (seed 1) as the loss,
-    probe int2 g96; cached in WORKDIR as JSON (sizes, errors)."""
-    path = args.workdir / f"probed-{args.samples}x{args.seq_len}-{args.probe_windows}.json"
+def probed_sensitivities(args, model, samples, floats, get_stats, units):
+    """probe.probed_sensitivities (mean KL divergence from the float model's next-token
+    distributions, probe grid int2 g96 here) on --probe-windows windows of the calibration
+    samples, as `edgeq quantize --allocation probed` computes them; cached in WORKDIR as JSON
+    (sizes, errors)."""
+    path = args.workdir / f"probed-{args.samples}x{args.seq_len}-w{args.probe_windows}.json"
     if path.exists():
         saved = json.loads(path.read_text())
         return saved["sizes"], saved["errors"]
     t0 = time.perf_counter()
     sizes, relative = mixed.relative_errors(floats, get_stats(), units, mixed.LOW_BIT_CANDIDATES)
     log.info("relative errors of %d candidates in %.1f s", len(mixed.LOW_BIT_CANDIDATES), time.perf_counter() - t0)
-    windows = data.calibration_samples(tokens, args.probe_windows, 128, 1)
-    reference = [log_softmax(model.logits(ids)) for ids in windows]
     done = []
 
-    def loss_with(replaced):
-        undo = swap_weights(model, replaced)
-        try:
-            kl = [np.mean(np.sum(np.exp(ref) * (ref - log_softmax(model.logits(ids))), axis=-1))
-                  for ids, ref in zip(windows, reference)]
-        finally:
-            undo()
+    def on_unit():
         done.append(1)
         if len(done) % 30 == 0:
             log.info("probed %d units, %.0f s", len(done), time.perf_counter() - t0)
-        return float(np.mean(kl))
 
-    errors = mixed.probed_errors(loss_with, floats, units, relative, "int2 g96", mixed.LOW_BIT_CANDIDATES)
+    errors, _ = probe.probed_sensitivities(model, {n: floats[n] for unit in units for n in unit}, units, relative,
+                                           samples, mixed.LOW_BIT_CANDIDATES, windows=args.probe_windows,
+                                           on_unit=on_unit)
     path.write_text(json.dumps({"sizes": sizes, "errors": errors, "seconds": round(time.perf_counter() - t0, 1)}))
     return sizes, errors
 
