@@ -85,7 +85,7 @@ def _declarations(header: str) -> str:
 for _header in ("steps.h", "llama_forward.h", "bert_steps.h", "bert_forward.h"):
     CDEF += _declarations(_header)
 KINDS = ("int8", "int8_asym", "int4", "int4_asym", "ternary_2bit", "ternary_base3", "binary",
-         "pow2")
+         "pow2", "int3", "int3_asym", "int2", "int2_asym")
 for _kind in KINDS:
     CDEF += f"""
 int eq_block_sums_{_kind}_q8(const eq_qmatrix *w, const int8_t *xq, int64_t m, int64_t sub,

@@ -13,10 +13,15 @@
  *                                            l = ((byte * 3^l) mod 256) * 3 >> 8; c = t - 1
  *   binary          uint8[ceil(k/8)]         bit j%8 of byte j/8 (LSB first); c = 2 bit - 1
  *   pow2            uint8[k/2], like int4    c = POW2_VALUES[nibble]
+ *   int3(_asym)     uint8[3k/8], groups of P P/4 bytes give u & 3 as ternary_2bit does,
+ *                                            then P/8 bytes: bit l of byte j is u >> 2 of
+ *                                            code j + l*P/8; c = u - 4 (sym) or u
+ *   int2(_asym)     uint8[k/4], groups of P  the ternary_2bit layout; c = u - 2 (sym) or u
  *   (P, the packing group, is the scale group for "group" granularity, else the row length.)
  *
  * Scales: float32 with one per tensor or row, float16 (IEEE binary16, read as uint16) per
- * group; mins (int4_asym) float16 per group; zeros (int8_asym) uint8, indexed like scales.
+ * group; mins (int4_asym, int3_asym, int2_asym) float16 per group; zeros (int8_asym) uint8,
+ * indexed like scales.
  *
  * How every kernel computes (the integer rules are edgeq/kernels/reference.py):
  *   1. a weight row is decoded into unsigned bytes u = (c + OFFSET) / MULT (table below), so a
@@ -44,7 +49,11 @@ enum eq_kind {
     EQ_TERNARY_BASE3 = 5,
     EQ_BINARY = 6,
     EQ_POW2 = 7,
-    EQ_NKINDS = 8
+    EQ_INT3 = 8,
+    EQ_INT3_ASYM = 9,
+    EQ_INT2 = 10,
+    EQ_INT2_ASYM = 11,
+    EQ_NKINDS = 12
 };
 
 /* Error codes returned by the public functions (0 is success). */
@@ -67,7 +76,7 @@ typedef struct {
     int64_t scale_rows;   /* 1 (tensor) or rows */
     const uint8_t *codes; /* rows * row_bytes */
     const void *scales;   /* scale_rows * (k / scale_block) float32 or uint16 */
-    const uint16_t *mins; /* int4_asym: rows * (k / scale_block) float16, else NULL */
+    const uint16_t *mins; /* int4/int3/int2_asym: rows * (k / scale_block) float16, else NULL */
     const uint8_t *zeros; /* int8_asym: like scales, else NULL */
 } eq_qmatrix;
 _Static_assert(sizeof(eq_qmatrix) == 8 + 6 * 8 + 4 * sizeof(void *), "eq_qmatrix has no padding");
@@ -79,6 +88,7 @@ _Static_assert(sizeof(eq_qmatrix) == 8 + 6 * 8 + 4 * sizeof(void *), "eq_qmatrix
 #define EQ_BASE3_BYTES_PER_GROUP(p) (((p) + 4) / 5)
 #define EQ_ROW_BYTES_BASE3(k, p) ((k) / (p) * EQ_BASE3_BYTES_PER_GROUP(p))
 #define EQ_ROW_BYTES_BITS(k) (((k) + 7) / 8)
+#define EQ_ROW_BYTES_INT3(k) ((k) * 3 / 8)
 
 /* The codes of one default-size group (scales live in their own array, not interleaved as
  * in ggml): sizes must match the Python layouts' components(). */
@@ -87,11 +97,15 @@ typedef struct { int8_t qs[32]; } eq_group_int8_32;       /* + f16 scale: 8.5 bi
 typedef struct { uint8_t qs[16]; } eq_group_ternary2_64;  /* + f16 scale: 2.25 bits/weight */
 typedef struct { uint8_t qs[13]; } eq_group_ternary3_64;  /* + f16 scale: 1.875 bits/weight */
 typedef struct { uint8_t qs[16]; } eq_group_pow2_32;      /* + f16 scale: 4.5 bits/weight */
+typedef struct { uint8_t crumbs[8], high[4]; } eq_group_int3_32; /* + f16 scale (+ min): 3.5 (4.0) */
+typedef struct { uint8_t qs[8]; } eq_group_int2_32;       /* + f16 scale (+ min): 2.5 (3.0) */
 _Static_assert(sizeof(eq_group_int4_32) == EQ_ROW_BYTES_NIBBLES(32), "int4 group of 32");
 _Static_assert(sizeof(eq_group_int8_32) == EQ_ROW_BYTES_INT8(32), "int8 group of 32");
 _Static_assert(sizeof(eq_group_ternary2_64) == EQ_ROW_BYTES_2BIT(64), "ternary 2bit group of 64");
 _Static_assert(sizeof(eq_group_ternary3_64) == EQ_ROW_BYTES_BASE3(64, 64), "base3 group of 64");
 _Static_assert(sizeof(eq_group_pow2_32) == EQ_ROW_BYTES_NIBBLES(32), "pow2 group of 32");
+_Static_assert(sizeof(eq_group_int3_32) == EQ_ROW_BYTES_INT3(32), "int3 group of 32");
+_Static_assert(sizeof(eq_group_int2_32) == EQ_ROW_BYTES_2BIT(32), "int2 group of 32");
 _Static_assert(EQ_ROW_BYTES_BITS(9) == 2, "binary rows round up to whole bytes");
 
 /* Decoded-byte offsets: c = MULT * u - OFFSET (int8_asym: OFFSET = zero point). */
@@ -100,6 +114,8 @@ _Static_assert(EQ_ROW_BYTES_BITS(9) == 2, "binary rows round up to whole bytes")
 #define EQ_OFFSET_TERNARY 1
 #define EQ_OFFSET_BINARY 1
 #define EQ_OFFSET_POW2 64
+#define EQ_OFFSET_INT3 4   /* symmetric; the asymmetric kinds have offset 0 and mins */
+#define EQ_OFFSET_INT2 2
 
 /* pow2 nibble -> integer weight value (edgeq.qtypes.pow2.CODE_VALUES). */
 extern const int8_t EQ_POW2_VALUES[16];
@@ -243,6 +259,8 @@ extern const eq_simd_table eq_table_neon_dotprod;
 
 /* Scalar building blocks that SIMD files reuse for tails and rare shapes. */
 void eq_decode_scalar(int kind, const uint8_t *row, int64_t k, int64_t pack_group, uint8_t *out);
+/* int3 (both kinds): no SIMD decoder of its own yet, every table uses this one. */
+void eq_decode_int3_scalar(const uint8_t *row, int64_t k, int64_t pack_group, uint8_t *out);
 void eq_dot_scalar(const uint8_t *u, const int8_t *x, int64_t k, int64_t sub,
                    const int32_t *xsum, int wide, int32_t *out);
 void eq_quantize_block_scalar(const float *x, int64_t n, int8_t *q, float *scale);
@@ -309,6 +327,10 @@ EQ_DECLARE_KIND(ternary_2bit)
 EQ_DECLARE_KIND(ternary_base3)
 EQ_DECLARE_KIND(binary)
 EQ_DECLARE_KIND(pow2)
+EQ_DECLARE_KIND(int3)
+EQ_DECLARE_KIND(int3_asym)
+EQ_DECLARE_KIND(int2)
+EQ_DECLARE_KIND(int2_asym)
 
 /* ---- prepared matrices (engine.c): a matrix's panels packed once, for the panel path ------
  * eq_prepare_q8 packs w's rows into panels (see eq_panel) with their weight side, for

@@ -70,7 +70,9 @@ static int32_t kind_offset(int kind)
     case EQ_TERNARY_BASE3: return EQ_OFFSET_TERNARY;
     case EQ_BINARY: return EQ_OFFSET_BINARY;
     case EQ_POW2: return EQ_OFFSET_POW2;
-    default: return 0;  /* int4_asym; int8_asym uses its zero points */
+    case EQ_INT3: return EQ_OFFSET_INT3;
+    case EQ_INT2: return EQ_OFFSET_INT2;
+    default: return 0;  /* int4/int3/int2_asym (mins); int8_asym uses its zero points */
     }
 }
 
@@ -105,7 +107,9 @@ static int valid_matrix(const eq_qmatrix *w)
         w->scale_block <= 0 || w->k % w->scale_block || w->pack_group <= 0 ||
         w->k % w->pack_group || (w->scale_rows != 1 && w->scale_rows != w->rows))
         return 0;
-    if (w->kind == EQ_INT4_ASYM && !w->mins) return 0;
+    if ((w->kind == EQ_INT4_ASYM || w->kind == EQ_INT3_ASYM || w->kind == EQ_INT2_ASYM) &&
+        !w->mins)
+        return 0;
     if (w->kind == EQ_INT8_ASYM && !w->zeros) return 0;
     return 1;
 }
@@ -608,6 +612,10 @@ EQ_DEFINE_KIND(ternary_2bit, EQ_TERNARY_2BIT)
 EQ_DEFINE_KIND(ternary_base3, EQ_TERNARY_BASE3)
 EQ_DEFINE_KIND(binary, EQ_BINARY)
 EQ_DEFINE_KIND(pow2, EQ_POW2)
+EQ_DEFINE_KIND(int3, EQ_INT3)
+EQ_DEFINE_KIND(int3_asym, EQ_INT3_ASYM)
+EQ_DEFINE_KIND(int2, EQ_INT2)
+EQ_DEFINE_KIND(int2_asym, EQ_INT2_ASYM)
 
 eq_prepared *eq_prepare_q8(const eq_qmatrix *w, int64_t act_block)
 {

@@ -574,12 +574,14 @@ static int plan(const eq_qmatrix *w, int64_t m, eq_plan *p)
         }
         return 1;
     case EQ_TERNARY_2BIT:
+    case EQ_INT2:       /* the same crumbs (u up to 3): the unpacking is layout, not value */
+    case EQ_INT2_ASYM:
         if (m == 1 && group == 64)
             p->gemv = gemv_crumb64;
         else if (m == 1 && group % 128 == 0)
             p->gemv = gemv_crumb_planar;
         return 1;
-    default:  /* base-3, binary: decoded bytes 0..2, 0..1 */
+    default:  /* base-3, binary, int3: decoded bytes 0..2, 0..1, 0..7 */
         return 1;
     }
 }
@@ -644,7 +646,8 @@ static uint64_t popcount_xor(const uint8_t *a, const uint8_t *b, int64_t nbytes)
 const eq_simd_table TABLE = {
     .name = TABLE_NAME,
     .decode = {decode_int8, decode_int8_asym, decode_int4, decode_int4, decode_2bit, decode_base3,
-               decode_bits, decode_pow2},
+               decode_bits, decode_pow2, eq_decode_int3_scalar, eq_decode_int3_scalar, decode_2bit,
+               decode_2bit},
     .dot = dot,
     .quantize_block = quantize_block,
     .halves_to_float = halves_to_float,

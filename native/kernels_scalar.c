@@ -45,6 +45,20 @@ static void decode_2bit(const uint8_t *row, int64_t k, int64_t group, uint8_t *o
                 out[l * quarter + j] = (row[j] >> (2 * l)) & 3;
 }
 
+/* int3: the low two bits as int2 crumbs (group/4 bytes), then the high bit as eight bit planes
+ * (group/8 bytes: bit l of byte j belongs to code j + l*group/8). */
+void eq_decode_int3_scalar(const uint8_t *row, int64_t k, int64_t group, uint8_t *out)
+{
+    int64_t quarter = group / 4, eighth = group / 8;
+    for (int64_t g = 0; g < k; g += group, row += quarter + eighth, out += group) {
+        decode_2bit(row, group, group, out);
+        const uint8_t *high = row + quarter;
+        for (int l = 0; l < 8; l++)
+            for (int64_t j = 0; j < eighth; j++)
+                out[l * eighth + j] |= (uint8_t)(((high[j] >> l) & 1) << 2);
+    }
+}
+
 /* Trit l of a base-3 byte: ((byte * 3^l) mod 256) * 3 >> 8, no division (ggml's TQ1_0). */
 static inline uint8_t base3_trit(uint8_t byte, int l)
 {
@@ -75,7 +89,11 @@ void eq_decode_scalar(int kind, const uint8_t *row, int64_t k, int64_t pack_grou
     case EQ_INT8_ASYM: memcpy(out, row, (size_t)k); break;
     case EQ_INT4:
     case EQ_INT4_ASYM: decode_nibbles(row, k, pack_group, out); break;
-    case EQ_TERNARY_2BIT: decode_2bit(row, k, pack_group, out); break;
+    case EQ_TERNARY_2BIT:
+    case EQ_INT2:
+    case EQ_INT2_ASYM: decode_2bit(row, k, pack_group, out); break;
+    case EQ_INT3:
+    case EQ_INT3_ASYM: eq_decode_int3_scalar(row, k, pack_group, out); break;
     case EQ_TERNARY_BASE3: decode_base3(row, k, pack_group, out); break;
     case EQ_BINARY: decode_bits(row, k, out); break;
     case EQ_POW2: decode_pow2(row, k, pack_group, out); break;
@@ -240,7 +258,8 @@ uint64_t eq_popcount_xor_scalar(const uint8_t *a, const uint8_t *b, int64_t nbyt
 
 const eq_simd_table eq_table_scalar = {
     .name = "scalar",
-    .decode = {dec_int8, dec_int8_asym, dec_int4, dec_int4, dec_2bit, dec_base3, dec_bits, dec_pow2},
+    .decode = {dec_int8, dec_int8_asym, dec_int4, dec_int4, dec_2bit, dec_base3, dec_bits, dec_pow2,
+               eq_decode_int3_scalar, eq_decode_int3_scalar, dec_2bit, dec_2bit},
     .dot = eq_dot_scalar,
     .quantize_block = eq_quantize_block_scalar,
     .halves_to_float = halves_scalar,

@@ -939,6 +939,8 @@ static int x86_plan(const eq_qmatrix *w, int64_t m, eq_plan *plan)
         }
         return 1;
     case EQ_TERNARY_2BIT:
+    case EQ_INT2:       /* the same crumbs (u up to 3): the unpacking is layout, not value */
+    case EQ_INT2_ASYM:
         if (m == 1 && group == 64) {
             plan->gemv = gemv_crumb64;
             plan->prep = prep;
@@ -949,7 +951,7 @@ static int x86_plan(const eq_qmatrix *w, int64_t m, eq_plan *plan)
             plan->gemv = gemv_crumb_slots;
         }
         return 1;
-    default:  /* base-3, binary: decoded into scratch */
+    default:  /* base-3, binary, int3: decoded into scratch */
         return 1;
     }
 }

@@ -125,7 +125,9 @@ static int run_case(const golden_case *g, float **first_y, char *why, size_t why
             static const sums_fn fns[EQ_NKINDS] = {
                 eq_block_sums_int8_q8, eq_block_sums_int8_asym_q8, eq_block_sums_int4_q8,
                 eq_block_sums_int4_asym_q8, eq_block_sums_ternary_2bit_q8,
-                eq_block_sums_ternary_base3_q8, eq_block_sums_binary_q8, eq_block_sums_pow2_q8};
+                eq_block_sums_ternary_base3_q8, eq_block_sums_binary_q8, eq_block_sums_pow2_q8,
+                eq_block_sums_int3_q8, eq_block_sums_int3_asym_q8, eq_block_sums_int2_q8,
+                eq_block_sums_int2_asym_q8};
             status = fns[w.kind](&w, xq, m, block, out, THREADS);
             ok = !status && same_bytes(out, g->data[5], g->size[5]);
             free(out);
@@ -134,7 +136,8 @@ static int run_case(const golden_case *g, float **first_y, char *why, size_t why
             typedef int (*gemm_fn)(const eq_qmatrix *, const int8_t *, const float *, int64_t, int64_t, float *, int32_t);
             static const gemm_fn fns[EQ_NKINDS] = {
                 eq_gemm_int8_q8, eq_gemm_int8_asym_q8, eq_gemm_int4_q8, eq_gemm_int4_asym_q8,
-                eq_gemm_ternary_2bit_q8, eq_gemm_ternary_base3_q8, eq_gemm_binary_q8, eq_gemm_pow2_q8};
+                eq_gemm_ternary_2bit_q8, eq_gemm_ternary_base3_q8, eq_gemm_binary_q8, eq_gemm_pow2_q8,
+                eq_gemm_int3_q8, eq_gemm_int3_asym_q8, eq_gemm_int2_q8, eq_gemm_int2_asym_q8};
             status = fns[w.kind](&w, xq, (const float *)g->data[5], m, block, y, THREADS);
             const float *expect = (const float *)g->data[6];
             float scale = 0.0f, worst = 0.0f;

@@ -155,6 +155,9 @@ def test_table_is_complete_for_every_fast_backend():
         assert lookup("quantize_act", "*", "numba") is not None
         assert lookup("xnor", "binary", "numba") is not None
     assert set(TOLERANCE) | set(EXACT_OPS) == set(OPERATIONS)
+    if "native" in FAST_BACKENDS:  # every layout has C kernels (int3 / int2 included)
+        for kind in WEIGHT_KINDS:
+            assert lookup("matmul", kind, "native") is not None, kind
 
 
 @pytest.mark.parametrize("threads", THREADS)

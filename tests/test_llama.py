@@ -289,6 +289,27 @@ def test_fast_path_matches_the_numpy_path(tmp_path, qtype):
     np.testing.assert_allclose(a, b, rtol=0, atol=0.05 * np.abs(b).max())
 
 
+def test_low_bit_matrices_take_the_native_pass(tmp_path):
+    """A mixed int3 / int2 model (as `edgeq quantize --bits 3.25` makes, both symmetric and
+    asymmetric) runs as one C pass, with the numpy path's logits up to float rounding."""
+    pytest.importorskip("edgeq.models.llama_native_steps")
+    path, c, weights = tiny_model(tmp_path)
+    kinds = [("int3", True), ("int2", False), ("int3", False), ("int2", True)]
+    matrices = [n for n, a in weights.items() if a.ndim == 2]
+    stored = dict(weights)
+    for i, n in enumerate(matrices):
+        qtype, symmetric = kinds[i % len(kinds)]
+        stored[n] = edgeq.quantize(weights[n], qtype, group_size=16, symmetric=symmetric)
+    mixed = tmp_path / "tiny-int3-int2.eqm"
+    edgeq.save(mixed, stored, config=c)
+    assert {(stored[n].spec.qtype, stored[n].spec.symmetric) for n in matrices} == set(kinds)
+    native, plain = edgeq.load(mixed, fused_steps="native"), edgeq.load(mixed, fused_steps=False)
+    assert native.native_pass and not plain.native_pass
+    ids = [3, 17, 5, 39, 0, 22, 8, 8, 11, 2]
+    a, b = native.logits(ids), plain.logits(ids)
+    np.testing.assert_allclose(a, b, rtol=0, atol=0.05 * np.abs(b).max())
+
+
 # --- the C steps (edgeq.models.llama_native_steps): the Numba steps' bits -------------------
 def _both_steps():
     """(C steps, Numba steps), skipping where either is missing."""

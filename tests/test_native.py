@@ -138,6 +138,8 @@ KIND_SPECS = [
     ("ternary", "row", 0, True, "2bit"), ("ternary", "group", 64, True, "2bit"),
     ("ternary", "row", 0, True, "base3"), ("ternary", "group", 64, True, "base3"),
     ("binary", "row", 0, True, ""), ("pow2", "row", 0, True, ""), ("pow2", "group", 32, True, ""),
+    ("int3", "group", 32, True, ""), ("int3", "group", 64, False, ""), ("int3", "group", 8, True, ""),
+    ("int2", "group", 64, True, ""), ("int2", "group", 32, False, ""), ("int2", "group", 96, True, ""),
 ]
 
 
@@ -206,6 +208,29 @@ def test_threads_split_rows_without_changing_results():
             assert nb.matmul(qt, xq, xs, 32).tobytes() == one.tobytes()
         finally:
             nb.set_threads(None)
+
+
+@needs_native
+@pytest.mark.parametrize("qtype, symmetric", [("int3", True), ("int3", False), ("int2", True),
+                                              ("int2", False)])
+def test_low_bit_kinds_match_the_reference_at_1_and_2_threads(qtype, symmetric):
+    """int3 / int2 (decoded into scratch; int2 also through the ternary crumb kernels) from
+    the quantizer, on rows split over threads: the reference's bits at either thread count."""
+    rng = np.random.default_rng(11)
+    qt = quantize(rng.standard_normal((200, 1024)).astype(np.float32), qtype, group_size=64,
+                  symmetric=symmetric)
+    for m in (1, 9):  # GEMV, and the packed panels where the CPU has them
+        xq, xs = ref.quantize_activations(rng.standard_normal((m, 1024)).astype(np.float32), 32)
+        want = numpy_backend.matmul(qt, xq, xs, 32)
+        try:
+            nb.set_threads(1)
+            one = nb.matmul(qt, xq, xs, 32)
+            nb.set_threads(2)
+            assert nb.matmul(qt, xq, xs, 32).tobytes() == one.tobytes()
+        finally:
+            nb.set_threads(None)
+        np.testing.assert_allclose(one, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        np.testing.assert_array_equal(nb.block_sums(qt, xq, 32), numpy_backend.block_sums(qt, xq, 32))
 
 
 @needs_native

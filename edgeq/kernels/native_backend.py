@@ -36,7 +36,8 @@ from edgeq.qtypes import QTensor
 NAME = "native"
 #: weight kind -> enum eq_kind in native/edgeq_native.h
 KIND_IDS = {"int8": 0, "int8_asym": 1, "int4": 2, "int4_asym": 3, "ternary_2bit": 4,
-            "ternary_base3": 5, "binary": 6, "pow2": 7}
+            "ternary_base3": 5, "binary": 6, "pow2": 7, "int3": 8, "int3_asym": 9, "int2": 10,
+            "int2_asym": 11}
 _STATUS = {-1: (ValueError, "rejected its arguments"), -2: (MemoryError, "ran out of memory"),
            -3: (ValueError, "got activations containing NaN or inf")}
 _INT8, _FLOAT32 = np.dtype(np.int8), np.dtype(np.float32)

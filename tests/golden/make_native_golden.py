@@ -31,7 +31,8 @@ from edgeq.qtypes import QTensor, QuantSpec, get_layout
 
 OUT = Path(__file__).with_name("native_kernels.bin")
 KIND_IDS = {"int8": 0, "int8_asym": 1, "int4": 2, "int4_asym": 3, "ternary_2bit": 4,
-            "ternary_base3": 5, "binary": 6, "pow2": 7}
+            "ternary_base3": 5, "binary": 6, "pow2": 7, "int3": 8, "int3_asym": 9, "int2": 10,
+            "int2_asym": 11}
 OP_QUANTIZE, OP_BLOCK_SUMS, OP_MATMUL, OP_XNOR = range(4)
 
 #: (qtype, granularity, group_size, symmetric, packing, rows, k)
@@ -54,6 +55,10 @@ WEIGHTS = [
     ("binary", "row", 0, True, "", 3, 256),
     ("pow2", "row", 0, True, "", 4, 128),
     ("pow2", "group", 32, True, "", 3, 96),
+    ("int3", "group", 32, True, "", 4, 96),
+    ("int3", "group", 8, False, "", 3, 40),
+    ("int2", "group", 32, True, "", 4, 96),
+    ("int2", "group", 4, False, "", 3, 36),
 ]
 
 
@@ -91,6 +96,11 @@ FUSED = [
     ("int8", "row", 0, True, "", 37, 256, (32, 256)),
     ("int4", "group", 32, False, "", 33, 320, (32, 64)),
     ("int8", "group", 32, False, "", 17, 256, (32,)),
+    # int3 (decoded into scratch) and int2 (the ternary crumb kernels), both with mins
+    ("int3", "group", 32, True, "", 9, 320, (32, 64)),
+    ("int3", "group", 128, False, "", 17, 384, (32,)),
+    ("int2", "group", 64, True, "", 9, 320, (32, 64)),
+    ("int2", "group", 128, False, "", 17, 384, (32,)),
 ]
 
 
