@@ -103,22 +103,68 @@ void eq_avx2_decode_pow2(const uint8_t *row, int64_t k, int64_t group, uint8_t *
     nibble_planes(row, k, group, out, lut, 1, EQ_POW2);
 }
 
+/* out[j] = ((in[j] >> right) << left) & mask for j < n, OR-ed into out[j] when merge: 32, 16
+ * and 8 bytes at a time, the last few one by one. PSRLW / PSLLW move bits across the bytes of
+ * a 16-bit lane; for the masks used here (3 after a right shift; 4 after a right shift by up
+ * to 7 and a left shift by 2) every kept bit is the byte's own. Planes of short groups (int2
+ * g64: 16 bytes, g96: 24; int3 g96's bit planes: 12) are mostly such partial vectors. */
+static inline void plane_bytes(const uint8_t *in, int64_t n, int right, int left, uint8_t mask,
+                               int merge, uint8_t *out)
+{
+    const __m128i r = _mm_cvtsi32_si128(right), l = _mm_cvtsi32_si128(left);
+    const __m128i m16 = _mm_set1_epi8((char)mask);
+    const __m256i m32 = _mm256_set1_epi8((char)mask);
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(in + j));
+        v = _mm256_and_si256(_mm256_sll_epi16(_mm256_srl_epi16(v, r), l), m32);
+        if (merge)
+            v = _mm256_or_si256(v, _mm256_loadu_si256((const __m256i *)(out + j)));
+        _mm256_storeu_si256((__m256i *)(out + j), v);
+    }
+    if (j + 16 <= n) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(in + j));
+        v = _mm_and_si128(_mm_sll_epi16(_mm_srl_epi16(v, r), l), m16);
+        if (merge)
+            v = _mm_or_si128(v, _mm_loadu_si128((const __m128i *)(out + j)));
+        _mm_storeu_si128((__m128i *)(out + j), v);
+        j += 16;
+    }
+    if (j + 8 <= n) {
+        __m128i v = _mm_loadl_epi64((const __m128i *)(in + j));
+        v = _mm_and_si128(_mm_sll_epi16(_mm_srl_epi16(v, r), l), m16);
+        if (merge)
+            v = _mm_or_si128(v, _mm_loadl_epi64((const __m128i *)(out + j)));
+        _mm_storel_epi64((__m128i *)(out + j), v);
+        j += 8;
+    }
+    for (; j < n; j++)
+        out[j] = (uint8_t)((((in[j] >> right) << left) & mask) | (merge ? out[j] : 0));
+}
+
+/* Crumb planes of one group of 4 * quarter codes: code l * quarter + j is bits 2l.. of byte j. */
+static inline void crumb_group(const uint8_t *row, int64_t quarter, uint8_t *out)
+{
+    for (int l = 0; l < 4; l++)
+        plane_bytes(row, quarter, 2 * l, 0, 3, 0, out + l * quarter);
+}
+
 void eq_avx2_decode_2bit(const uint8_t *row, int64_t k, int64_t group, uint8_t *out)
 {
-    const __m256i three = _mm256_set1_epi8(3);
     int64_t quarter = group / 4;
-    for (int64_t g = 0; g < k; g += group, row += quarter, out += group) {
-        for (int l = 0; l < 4; l++) {
-            const __m128i shift = _mm_cvtsi32_si128(2 * l);
-            int64_t j = 0;
-            for (; j + 32 <= quarter; j += 32) {
-                __m256i v = _mm256_loadu_si256((const __m256i *)(row + j));
-                v = _mm256_and_si256(_mm256_srl_epi16(v, shift), three);
-                _mm256_storeu_si256((__m256i *)(out + l * quarter + j), v);
-            }
-            for (; j < quarter; j++)
-                out[l * quarter + j] = (row[j] >> (2 * l)) & 3;
-        }
+    for (int64_t g = 0; g < k; g += group, row += quarter, out += group)
+        crumb_group(row, quarter, out);
+}
+
+/* int3 (lowbit.py): per group the int2 crumbs, then bit l of byte j of the next group/8 bytes
+ * is bit 2 of code j + l * group/8. */
+void eq_avx2_decode_int3(const uint8_t *row, int64_t k, int64_t group, uint8_t *out)
+{
+    int64_t quarter = group / 4, eighth = group / 8;
+    for (int64_t g = 0; g < k; g += group, row += quarter + eighth, out += group) {
+        crumb_group(row, quarter, out);
+        for (int l = 0; l < 8; l++)
+            plane_bytes(row + quarter, eighth, l, 2, 4, 1, out + l * eighth);
     }
 }
 
@@ -308,8 +354,8 @@ const eq_simd_table eq_table_avx2 = {
     .name = "avx2",
     .decode = {eq_avx2_decode_int8, eq_avx2_decode_int8_asym, eq_avx2_decode_int4,
                eq_avx2_decode_int4, eq_avx2_decode_2bit, eq_avx2_decode_base3,
-               eq_avx2_decode_bits, eq_avx2_decode_pow2, eq_decode_int3_scalar,
-               eq_decode_int3_scalar, eq_avx2_decode_2bit, eq_avx2_decode_2bit},
+               eq_avx2_decode_bits, eq_avx2_decode_pow2, eq_avx2_decode_int3,
+               eq_avx2_decode_int3, eq_avx2_decode_2bit, eq_avx2_decode_2bit},
     .dot = eq_avx2_dot,
     .quantize_block = eq_avx2_quantize_block,
     .halves_to_float = eq_avx2_halves_to_float,

@@ -18,6 +18,7 @@ void eq_avx2_decode_int8_asym(const uint8_t *, int64_t, int64_t, uint8_t *);
 void eq_avx2_decode_int4(const uint8_t *, int64_t, int64_t, uint8_t *);
 void eq_avx2_decode_pow2(const uint8_t *, int64_t, int64_t, uint8_t *);
 void eq_avx2_decode_2bit(const uint8_t *, int64_t, int64_t, uint8_t *);
+void eq_avx2_decode_int3(const uint8_t *, int64_t, int64_t, uint8_t *);
 void eq_avx2_decode_base3(const uint8_t *, int64_t, int64_t, uint8_t *);
 void eq_avx2_decode_bits(const uint8_t *, int64_t, int64_t, uint8_t *);
 void eq_avx2_quantize_block(const float *, int64_t, int8_t *, float *);
@@ -215,8 +216,8 @@ const eq_simd_table eq_table_avx512 = {
     .name = "avx512",
     .decode = {eq_avx2_decode_int8, eq_avx2_decode_int8_asym, eq_avx2_decode_int4,
                eq_avx2_decode_int4, eq_avx2_decode_2bit, eq_avx2_decode_base3,
-               eq_avx2_decode_bits, eq_avx2_decode_pow2, eq_decode_int3_scalar,
-               eq_decode_int3_scalar, eq_avx2_decode_2bit, eq_avx2_decode_2bit},
+               eq_avx2_decode_bits, eq_avx2_decode_pow2, eq_avx2_decode_int3,
+               eq_avx2_decode_int3, eq_avx2_decode_2bit, eq_avx2_decode_2bit},
     .dot = dot_vnni,
     .quantize_block = eq_avx2_quantize_block,
     .halves_to_float = eq_avx2_halves_to_float,

@@ -140,6 +140,8 @@ KIND_SPECS = [
     ("binary", "row", 0, True, ""), ("pow2", "row", 0, True, ""), ("pow2", "group", 32, True, ""),
     ("int3", "group", 32, True, ""), ("int3", "group", 64, False, ""), ("int3", "group", 8, True, ""),
     ("int2", "group", 64, True, ""), ("int2", "group", 32, False, ""), ("int2", "group", 96, True, ""),
+    # planes of 8 + 4, 16 + 8 and 32 + 16 bytes: every partial-vector step of the x86 decoders
+    ("int3", "group", 96, False, ""), ("int3", "group", 192, True, ""), ("int2", "group", 192, False, ""),
 ]
 
 
