@@ -142,31 +142,9 @@ static inline void plane_bytes(const uint8_t *in, int64_t n, int right, int left
         out[j] = (uint8_t)((((in[j] >> right) << left) & mask) | (merge ? out[j] : 0));
 }
 
-/* Crumb planes of one group of 4 * quarter codes: code l * quarter + j is bits 2l.. of byte j. */
-static inline void crumb_group(const uint8_t *row, int64_t quarter, uint8_t *out)
-{
-    for (int l = 0; l < 4; l++)
-        plane_bytes(row, quarter, 2 * l, 0, 3, 0, out + l * quarter);
-}
-
-void eq_avx2_decode_2bit(const uint8_t *row, int64_t k, int64_t group, uint8_t *out)
-{
-    int64_t quarter = group / 4;
-    for (int64_t g = 0; g < k; g += group, row += quarter, out += group)
-        crumb_group(row, quarter, out);
-}
-
-/* int3 (lowbit.py): per group the int2 crumbs, then bit l of byte j of the next group/8 bytes
- * is bit 2 of code j + l * group/8. */
-void eq_avx2_decode_int3(const uint8_t *row, int64_t k, int64_t group, uint8_t *out)
-{
-    int64_t quarter = group / 4, eighth = group / 8;
-    for (int64_t g = 0; g < k; g += group, row += quarter + eighth, out += group) {
-        crumb_group(row, quarter, out);
-        for (int l = 0; l < 8; l++)
-            plane_bytes(row + quarter, eighth, l, 2, 4, 1, out + l * eighth);
-    }
-}
+#define PLANE_DECODER(name) void eq_avx2_decode_##name
+#include "plane_decoders.h"
+#undef PLANE_DECODER
 
 void eq_avx2_decode_base3(const uint8_t *row, int64_t k, int64_t group, uint8_t *out)
 {

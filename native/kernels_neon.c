@@ -81,21 +81,32 @@ static void decode_pow2(const uint8_t *row, int64_t k, int64_t group, uint8_t *o
     nibble_planes(row, k, group, out, vld1q_u8(values), 1, EQ_POW2);
 }
 
-static void decode_2bit(const uint8_t *row, int64_t k, int64_t group, uint8_t *out)
+/* out[j] = ((in[j] >> right) << left) & mask for j < n, OR-ed into out[j] when merge: 16 and 8
+ * bytes at a time (per-byte shifts), the last few one by one. Planes of short groups (int2
+ * g64: 16 bytes, g96: 24; int3 g96's bit planes: 12) are mostly such partial vectors. */
+static inline void plane_bytes(const uint8_t *in, int64_t n, int right, int left, uint8_t mask,
+                               int merge, uint8_t *out)
 {
-    const uint8x16_t three = vdupq_n_u8(3);
-    int64_t quarter = group / 4;
-    for (int64_t g = 0; g < k; g += group, row += quarter, out += group) {
-        for (int l = 0; l < 4; l++) {
-            const int8x16_t shift = vdupq_n_s8((int8_t)(-2 * l));  /* negative: right shift */
-            int64_t j = 0;
-            for (; j + 16 <= quarter; j += 16)
-                vst1q_u8(out + l * quarter + j, vandq_u8(vshlq_u8(vld1q_u8(row + j), shift), three));
-            for (; j < quarter; j++)
-                out[l * quarter + j] = (row[j] >> (2 * l)) & 3;
-        }
+    const int8x16_t r = vdupq_n_s8((int8_t)-right), l = vdupq_n_s8((int8_t)left);  /* < 0: right */
+    const uint8x16_t m = vdupq_n_u8(mask);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        uint8x16_t v = vandq_u8(vshlq_u8(vshlq_u8(vld1q_u8(in + j), r), l), m);
+        vst1q_u8(out + j, merge ? vorrq_u8(v, vld1q_u8(out + j)) : v);
     }
+    if (j + 8 <= n) {
+        uint8x8_t v = vand_u8(vshl_u8(vshl_u8(vld1_u8(in + j), vget_low_s8(r)), vget_low_s8(l)),
+                              vget_low_u8(m));
+        vst1_u8(out + j, merge ? vorr_u8(v, vld1_u8(out + j)) : v);
+        j += 8;
+    }
+    for (; j < n; j++)
+        out[j] = (uint8_t)((((in[j] >> right) << left) & mask) | (merge ? out[j] : 0));
 }
+
+#define PLANE_DECODER(name) static void decode_##name
+#include "plane_decoders.h"
+#undef PLANE_DECODER
 
 static void decode_base3(const uint8_t *row, int64_t k, int64_t group, uint8_t *out)
 {
@@ -646,8 +657,7 @@ static uint64_t popcount_xor(const uint8_t *a, const uint8_t *b, int64_t nbytes)
 const eq_simd_table TABLE = {
     .name = TABLE_NAME,
     .decode = {decode_int8, decode_int8_asym, decode_int4, decode_int4, decode_2bit, decode_base3,
-               decode_bits, decode_pow2, eq_decode_int3_scalar, eq_decode_int3_scalar, decode_2bit,
-               decode_2bit},
+               decode_bits, decode_pow2, decode_int3, decode_int3, decode_2bit, decode_2bit},
     .dot = dot,
     .quantize_block = quantize_block,
     .halves_to_float = halves_to_float,

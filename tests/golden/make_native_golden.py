@@ -59,6 +59,10 @@ WEIGHTS = [
     ("int3", "group", 8, False, "", 3, 40),
     ("int2", "group", 32, True, "", 4, 96),
     ("int2", "group", 4, False, "", 3, 36),
+    # planes of 16 + 8 + tail bytes (int3 g96: crumbs 24, bit planes 12; g200: 50 and 25)
+    ("int3", "group", 96, False, "", 3, 192),
+    ("int3", "group", 200, True, "", 2, 400),
+    ("int2", "group", 200, False, "", 3, 400),
 ]
 
 
