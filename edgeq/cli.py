@@ -6,6 +6,7 @@ Heavy modules are imported inside the commands so that `edgeq --help` stays inst
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -104,12 +105,24 @@ def cmd_eval_ppl(args) -> int:
     return 0
 
 
+def _param(text: str) -> tuple:
+    """KEY=VALUE -> (key, value), the value read as JSON where it parses (true, 0.05), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def cmd_quantize(args) -> int:
     from edgeq.calibrate import quantize
     try:
         summary = quantize(args.src, args.output, args.recipe, bits=args.bits, allocation=args.allocation,
                            progress=not args.no_progress,
                            qtype=args.qtype, algorithm=args.algo, group_size=args.group_size,
+                           params=dict(args.param or ()),
                            symmetric=False if args.asymmetric else None, calib=args.calib,
                            samples=args.samples, seq_len=args.seq_len, seed=args.seed,
                            activations="static" if args.static_activations else None)
@@ -227,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help="a YAML or JSON recipe; the options below change it")
     p.add_argument("--qtype", choices=("int8", "int4", "int3", "int2", "ternary", "binary", "pow2"), default=None)
     p.add_argument("--algo", choices=("rtn", "gptq", "awq", "hqq"), default=None)
+    p.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE",
+                   help="an algorithm parameter, repeatable (values as JSON: true, 0.05, ...), e.g. "
+                        "--algo gptq --param act_order=true --param grid_search=true")
     p.add_argument("--group-size", type=int, default=None, help="0: the type's default (per row for int8)")
     p.add_argument("--asymmetric", action="store_true", help="per-group mins (zero points)")
     p.add_argument("--bits", type=float, default=None,

@@ -769,12 +769,14 @@ def test_cli_quantize_gptq_on_a_smollm2_slice(smollm2_slice, tmp_path, capsys):
     out = tmp_path / "q.eqm"
     assert cli_main(["quantize", str(smollm2_slice), "-o", str(out), "--qtype", "int3", "--algo", "gptq",
                      "--group-size", "64", "--asymmetric", "--samples", "4", "--seq-len", "32",
+                     "--param", "act_order=true", "--param", "grid_search=true", "--param", "damp=0.02",
                      "--calib", str(smollm2_slice.parent / "calib.txt"), "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "blk.0.ffn_down" in table and "int3 g64 asym" in table and "7 linear layers" in table
     packed = open_packed(out)
     recipe = Recipe.from_json(packed.metadata["recipe"])
-    assert recipe.weights == WeightConfig("int3", 64, False, "gptq")
+    assert recipe.weights == WeightConfig("int3", 64, False, "gptq",
+                                          GPTQParams(damp=0.02, act_order=True, grid_search=True))
     assert (recipe.calibration.samples, recipe.calibration.seq_len) == (4, 32)
     assert recipe.calibration.source.endswith("calib.txt")
     assert packed["blk.0.attn_q.weight"].spec == Grid("int3", 64, False).spec
@@ -802,8 +804,16 @@ def test_cli_quantize_bits_budget_and_bad_options(smollm2_slice, tmp_path, capsy
     assert cli_main(["quantize", str(tmp_path / "missing.gguf"), "-o", str(tmp_path / "y.eqm")]) == 2
     assert cli_main(["quantize", str(smollm2_slice), "-o", str(tmp_path / "z.eqm"), "--algo", "gptq",
                      "--samples", "0", "--no-progress"]) == 2
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(tmp_path / "p.eqm"), "--algo", "gptq",
+                     "--param", "act_order=yes", "--no-progress"]) == 2
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(tmp_path / "p.eqm"), "--algo", "rtn",
+                     "--param", "damp=0.1", "--no-progress"]) == 2
+    with pytest.raises(SystemExit):
+        cli_main(["quantize", str(smollm2_slice), "-o", str(tmp_path / "p.eqm"), "--param", "act_order"])
     err = capsys.readouterr().err
     assert "int8" in err and "missing.gguf" in err and "samples must be positive" in err
+    assert "act_order" in err and "damp" in err and "KEY=VALUE" in err
+    assert not (tmp_path / "p.eqm").exists()
     assert not (tmp_path / "x.eqm").exists() and not (tmp_path / "z.eqm").exists()
 
 

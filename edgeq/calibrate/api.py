@@ -12,7 +12,8 @@ dequantized first, with a warning).
 Settings: `recipe` (a Recipe, or a YAML / JSON file) gives the defaults; the keyword options
 change them: qtype, algorithm, group_size (0: the type's default granularity, e.g. int8 per
 row), symmetric (the default weight settings; a new algorithm starts from its default
-parameters), calib / samples / seq_len / seed (calibration
+parameters), params (some of the algorithm's parameters, e.g. {"act_order": True,
+"grid_search": True} for GPTQ with act order and grid search, "gptq+" in the tables), calib / samples / seq_len / seed (calibration
 text and windows), activations ("dynamic" | "static", or an ActivationConfig) and bits (a
 bits-per-weight budget: mixed precision over the linear layers) with allocation (how the
 budget is spread: "output-error", each layer's relative output error, or "probed", the
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq.calibrate import driver
-from edgeq.calibrate.recipe import ActivationConfig, Recipe
+from edgeq.calibrate.recipe import ActivationConfig, Recipe, algorithm_params
 from edgeq.format import MAGIC
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,10 @@ def is_packed(path: Path) -> bool:
 
 
 def build_recipe(recipe=None, *, qtype=None, algorithm=None, group_size=None, symmetric=None,
-                 calib=None, samples=None, seq_len=None, seed=None, activations=None) -> Recipe:
-    """A Recipe from a Recipe / recipe file / None, with the given options changed."""
+                 params=None, calib=None, samples=None, seq_len=None, seed=None,
+                 activations=None) -> Recipe:
+    """A Recipe from a Recipe / recipe file / None, with the given options changed; params: a
+    mapping of some of the (new) algorithm's parameters, e.g. {"act_order": True}."""
     if recipe is None:
         recipe = Recipe()
     elif not isinstance(recipe, Recipe):
@@ -97,6 +100,10 @@ def build_recipe(recipe=None, *, qtype=None, algorithm=None, group_size=None, sy
         changes["group_size"] = None
     if algorithm is not None and algorithm != w.algorithm:
         changes.update(algorithm=algorithm, params=None)
+    if params:
+        base = changes.get("params", w.params)
+        start = {} if base is None else dataclasses.asdict(base)
+        changes["params"] = algorithm_params(changes.get("algorithm", w.algorithm), {**start, **params})
     if changes:
         recipe = dataclasses.replace(recipe, weights=dataclasses.replace(w, **changes))
     cal = {k: v for k, v in (("source", None if calib is None else str(calib)), ("samples", samples),

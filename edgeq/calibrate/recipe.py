@@ -308,6 +308,12 @@ def _simple(cls, data, where: str, skip: tuple[str, ...] = ()):
     return _build(where, lambda: cls(**values))
 
 
+def algorithm_params(algorithm: str, data, where: str = "params") -> Params:
+    """The parameters of `algorithm` from a mapping of some of them (missing keys take their
+    defaults); FormatError for an unknown key or a value of the wrong type."""
+    return _params(algorithm, data, where)
+
+
 def _params(algorithm: str, data, where: str):
     if algorithm not in PARAMS:
         raise UnsupportedError(f"{where}: unknown algorithm {algorithm!r}; choose from {', '.join(PARAMS)}")
