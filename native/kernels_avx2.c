@@ -142,8 +142,32 @@ static inline void plane_bytes(const uint8_t *in, int64_t n, int right, int left
         out[j] = (uint8_t)((((in[j] >> right) << left) & mask) | (merge ? out[j] : 0));
 }
 
+/* One group of 32 codes, all in one vector: the group's bytes broadcast so that lane c holds
+ * crumb byte c % 8 (code c is bits 2(c/8).. of it; the four lanes of a dword share c/8, so one
+ * VPSRLVD shifts them) and bit-plane byte c % 4 (code c is its bit c/4, picked by a mask). */
+static inline void group32(const uint8_t *crumbs, const uint8_t *bits, uint8_t *out)
+{
+    int64_t c8;
+    memcpy(&c8, crumbs, sizeof c8);
+    __m256i v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi64x(c8),
+                                                   _mm256_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6)),
+                                 _mm256_set1_epi8(3));
+    if (bits) {
+        const __m256i pick = _mm256_setr_epi8(1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 8, 8, 8, 8,
+                                              16, 16, 16, 16, 32, 32, 32, 32, 64, 64, 64, 64,
+                                              -128, -128, -128, -128);   /* lane c: 1 << (c/4) */
+        int32_t b4;
+        memcpy(&b4, bits, sizeof b4);
+        __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_set1_epi32(b4), pick), pick);
+        v = _mm256_or_si256(v, _mm256_and_si256(set, _mm256_set1_epi8(4)));
+    }
+    _mm256_storeu_si256((__m256i *)out, v);
+}
+
 #define PLANE_DECODER(name) void eq_avx2_decode_##name
+#define PLANE_GROUP32 group32
 #include "plane_decoders.h"
+#undef PLANE_GROUP32
 #undef PLANE_DECODER
 
 void eq_avx2_decode_base3(const uint8_t *row, int64_t k, int64_t group, uint8_t *out)
