@@ -21,7 +21,7 @@ import numpy as np
 from edgeq._native import ffi, lib
 from edgeq.kernels import native_backend
 from edgeq.kernels.table import weight_kind
-from edgeq.models.kv_cache import lazy_zeros
+from edgeq.models.native_memory import Kept, Scratch
 
 if not hasattr(lib, "eq_bert_forward_q8"):
     raise ImportError("edgeq._native was built without BERT's forward pass "
@@ -56,35 +56,26 @@ class NativeEncoder:
     def __init__(self, encoder, dim: int, ffn: int, block_dim: int, block_ffn: int):
         spec = encoder.spec
         self.dim = dim
-        self._keep = []                      # everything the C structs point into
+        self._keep = keep = Kept()           # everything the C structs point into
         self._lock = threading.Lock()
-        self._scratch, self._scratch_ptr = np.empty(0, np.uint8), None
-        layers = ffi.new("eq_bert_layer[]", len(encoder.layers))
-        self._keep.append(layers)
+        self._scratch = Scratch(np.uint8)
+        layers = keep.keep(ffi.new("eq_bert_layer[]", len(encoder.layers)))
         for s, layer in zip(layers, encoder.layers):
             for name in ("qkv", "out", "up", "down"):
                 self._dense(getattr(s, name), getattr(layer, name))
-            s.attn_norm = [self._floats(a) for a in layer.attn_norm]
-            s.ffn_norm = [self._floats(a) for a in layer.ffn_norm]
+            s.attn_norm = [keep.floats(a) for a in layer.attn_norm]
+            s.ffn_norm = [keep.floats(a) for a in layer.ffn_norm]
         m = self._model = ffi.new("eq_bert_model *")
         m.n_layers, m.dim, m.heads, m.ffn = len(encoder.layers), dim, spec.num_heads, ffn
         m.block_dim, m.block_ffn, m.eps = block_dim, block_ffn, float(np.float32(spec.layer_norm_eps))
-        m.embed_norm = [self._floats(a) for a in encoder.embed_norm]
+        m.embed_norm = [keep.floats(a) for a in encoder.embed_norm]
         m.layers = layers
 
     def _dense(self, struct, dense) -> None:
-        matrix = native_backend.validated(dense.weight)
-        self._keep.append(matrix)
-        struct.w = matrix.ptr
-        prepared = dense.prepared
-        self._keep.append(prepared)
+        struct.w = self._keep.matrix(dense.weight)
+        prepared = self._keep.keep(dense.prepared)
         struct.prepared = ffi.NULL if prepared is None else prepared.handle
-        struct.bias = ffi.NULL if dense.bias is None else self._floats(dense.bias)
-
-    def _floats(self, a: np.ndarray):
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        self._keep.append(a)
-        return ffi.cast("float *", ffi.from_buffer(a))
+        struct.bias = ffi.NULL if dense.bias is None else self._keep.floats(dense.bias)
 
     def _work(self, rows: int, width: int):
         """(pointer, size) of scratch for this pass: the kept scratch (grown, never shrunk)
@@ -92,14 +83,8 @@ class NativeEncoder:
         need = lib.eq_bert_forward_work(self._model, rows, width)
         if need < 0:
             raise ValueError("the native encoder rejected the model description")
-        if rows > self.KEPT_ROWS:
-            own = lazy_zeros((need,), np.uint8)
-            return ffi.from_buffer("uint8_t[]", own), need
-        if self._scratch.size < need:
-            # an anonymous map: pages are committed as they are used
-            self._scratch = lazy_zeros((max(need, 2 * self._scratch.size),), np.uint8)
-            self._scratch_ptr = ffi.from_buffer("uint8_t[]", self._scratch)
-        return self._scratch_ptr, self._scratch.size
+        # a Scratch of its own past KEPT_ROWS: its pointer keeps the buffer until the call ends
+        return (Scratch(np.uint8) if rows > self.KEPT_ROWS else self._scratch).get(need)
 
     def run(self, x: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The final hidden states of the embedding sums x (rows, dim), computed in place, for

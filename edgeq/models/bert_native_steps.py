@@ -99,6 +99,5 @@ class BertNativeSteps(NativeSteps):
                 self._arg(s, _F32, (total, dim // block), "s", True))
         need = lib.eq_bert_attention_work(int(lengths.max(initial=0)), heads, dim)
         with self._lock:
-            work = self._scratch(True, need)
-            status = lib.eq_bert_attention_q8(*args, work, self._attn.size)
+            status = lib.eq_bert_attention_q8(*args, *self._attn.get(need))
         return self.finite(status)

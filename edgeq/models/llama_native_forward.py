@@ -22,7 +22,8 @@ import numpy as np
 from edgeq._native import ffi, lib
 from edgeq.kernels import native_backend
 from edgeq.kernels.table import weight_kind
-from edgeq.models.kv_cache import KVCache, lazy_zeros
+from edgeq.models.kv_cache import KVCache
+from edgeq.models.native_memory import Kept, Scratch
 from edgeq.qtypes import QTensor
 
 if not hasattr(lib, "eq_llama_forward"):
@@ -57,39 +58,28 @@ class NativeForward:
 
     def __init__(self, model, blocks: tuple[int, int, int]):
         c = model.config
-        self._keep = []                      # everything the C structs point into
+        self._keep = keep = Kept()           # everything the C structs point into
         self._lock = threading.Lock()
-        self._scratch, self._scratch_ptr = np.empty(0, np.uint8), None
+        self._scratch = Scratch(np.uint8)
         self._caches = weakref.WeakKeyDictionary()   # KVCache -> its eq_llama_cache
         self.dim, self.vocab, self.rope_half = c.dim, c.vocab_size, c.rope_dim // 2
         self.shape = (c.n_layers, c.n_kv_heads, c.head_dim)
-        structs = ffi.new("eq_llama_block[]", c.n_layers)
-        self._keep.append(structs)
+        structs = keep.keep(ffi.new("eq_llama_block[]", c.n_layers))
         for s, b in zip(structs, model.blocks):
             for i, w in enumerate(b.qkv):
-                s.qkv[i] = self._matrix(w)
+                s.qkv[i] = keep.matrix(w)
             for i, w in enumerate(b.gate_up):
-                s.gate_up[i] = self._matrix(w)
-            s.wo, s.down = self._matrix(b.wo), self._matrix(b.w_down)
-            s.attn_norm, s.ffn_norm = self._floats(b.attn_norm), self._floats(b.ffn_norm)
-            s.qkv_bias = ffi.NULL if b.qkv_bias is None else self._floats(b.qkv_bias)
+                s.gate_up[i] = keep.matrix(w)
+            s.wo, s.down = keep.matrix(b.wo), keep.matrix(b.w_down)
+            s.attn_norm, s.ffn_norm = keep.floats(b.attn_norm), keep.floats(b.ffn_norm)
+            s.qkv_bias = ffi.NULL if b.qkv_bias is None else keep.floats(b.qkv_bias)
         m = self._model = ffi.new("eq_llama_model *")
         m.n_layers, m.dim, m.n_heads, m.n_kv = c.n_layers, c.dim, c.n_heads, c.n_kv_heads
         m.head_dim, m.ffn_dim, m.rope_dim = c.head_dim, c.ffn_dim, c.rope_dim
         m.neox, m.attn_scale, m.eps = c.rope_type == "neox", float(model._scale), float(c.rms_eps)
         m.block_dim, m.block_q, m.block_ffn = blocks
-        m.blocks, m.output_norm = structs, self._floats(model.output_norm)
-        m.output = self._matrix(model.output)
-
-    def _matrix(self, w: QTensor):
-        matrix = native_backend.validated(w)
-        self._keep.append(matrix)
-        return matrix.ptr
-
-    def _floats(self, a: np.ndarray):
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        self._keep.append(a)
-        return ffi.cast("float *", ffi.from_buffer(a))
+        m.blocks, m.output_norm = structs, keep.floats(model.output_norm)
+        m.output = keep.matrix(model.output)
 
     def _cache(self, cache: KVCache):
         """The eq_llama_cache of a float16 cache shaped for this model, made once per cache."""
@@ -112,11 +102,7 @@ class NativeForward:
         need = lib.eq_llama_forward_work(self._model, rows, end)
         if need < 0:
             raise ValueError("the native forward pass rejected the model description")
-        if self._scratch.size < need:
-            # an anonymous map: pages are committed as they are used
-            self._scratch = lazy_zeros((max(need, 2 * self._scratch.size),), np.uint8)
-            self._scratch_ptr = ffi.from_buffer("uint8_t[]", self._scratch)
-        return self._scratch_ptr, self._scratch.size
+        return self._scratch.get(need)
 
     def run(self, x: np.ndarray, cache: KVCache, cos: np.ndarray, sin: np.ndarray,
             out_rows: int) -> np.ndarray:

@@ -32,7 +32,7 @@ import numpy as np
 
 from edgeq._native import ffi, lib
 from edgeq.kernels import native_backend
-from edgeq.models.kv_cache import lazy_zeros
+from edgeq.models.native_memory import Scratch
 
 if not hasattr(lib, "eq_step_attend_quantize"):
     raise ImportError("edgeq._native was built without the llama steps (native/steps.c); "
@@ -84,8 +84,7 @@ class NativeSteps:
         return status == 1
 
     def __init__(self):
-        self._row = self._attn = np.empty(0, _F32)   # scratch: one row; attention
-        self._row_ptr = self._attn_ptr = None
+        self._row, self._attn = Scratch(_F32), Scratch(_F32)   # scratch: one row; attention
         self._lock = threading.Lock()                 # one call at a time uses the scratch
         # id(array) -> (weakref, pointer, writable, its dtype object, the one of ours it equals)
         self._pins: dict[int, tuple] = {}
@@ -116,21 +115,6 @@ class NativeSteps:
             return ffi.from_buffer(_ARRAYS[dtype], a)
         return ffi.cast(_POINTERS[dtype], a.ctypes.data)   # rows with a stride, checked
 
-    def _scratch(self, attention: bool, n: int):
-        """A float32 pointer to at least n floats of scratch (grown, never per call)."""
-        if not attention and self._row.size >= n:
-            return self._row_ptr
-        buf = self._attn if attention else self._row
-        if buf.size < n:
-            # an anonymous map: pages are committed as positions fill, not for the capacity
-            buf = lazy_zeros((max(n, 2 * buf.size),), _F32)
-            ptr = ffi.from_buffer("float[]", buf)
-            if attention:
-                self._attn, self._attn_ptr = buf, ptr
-            else:
-                self._row, self._row_ptr = buf, ptr
-        return self._attn_ptr if attention else self._row_ptr
-
     # --- the steps -----------------------------------------------------------------------
     def norm_quantize(self, x, delta, weight, eps, block, xq, xs) -> bool:
         """x (T, d) += delta ((T, d), or (0, d) for none); rmsnorm(x) * weight -> xq, xs."""
@@ -145,7 +129,7 @@ class NativeSteps:
                 self._arg(xq, _I8, shape, "xq", True),
                 self._arg(xs, _F32, (t, d // block), "xs", True))
         with self._lock:
-            status = lib.eq_step_norm_quantize(*args, self._scratch(False, d))
+            status = lib.eq_step_norm_quantize(*args, self._row.get(d)[0])
         return self.finite(status)
 
     def attend_quantize(self, q, k, v, start, cos, sin, rope_dim, neox, scale, keys, values,
@@ -182,8 +166,7 @@ class NativeSteps:
             self._arg(xs, _F32, (t, width // block), "xs", True))
         need = lib.eq_step_attend_work(t, width // hd, n_kv, hd, capacity)
         with self._lock:
-            work = self._scratch(True, need)
-            status = lib.eq_step_attend_quantize(*args, work, self._attn.size,
+            status = lib.eq_step_attend_quantize(*args, *self._attn.get(need),
                                                  native_backend.threads())
         return self.finite(status)
 
@@ -198,7 +181,7 @@ class NativeSteps:
                 self._arg(xq, _I8, shape, "xq", True),
                 self._arg(xs, _F32, (t, f // block), "xs", True))
         with self._lock:
-            status = lib.eq_step_swiglu_quantize(*args, self._scratch(False, f))
+            status = lib.eq_step_swiglu_quantize(*args, self._row.get(f)[0])
         return self.finite(status)
 
 
