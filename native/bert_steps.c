@@ -231,6 +231,30 @@ INLINE vfloat exp_minus(const float *s, float top)
     return p * (vfloat)bits;
 }
 
+/* acc[r][u] = sum over t = 0..steps-1, in order, of a[r][t] * b[t * bstride + u * VEC]: the
+ * ROW_BLOCK rows of a against KEY_BLOCK consecutive columns of b, each b vector loaded once for
+ * all rows. The hot loop of both products (scores, weighted values). */
+INLINE void block_products(const float *const a[ROW_BLOCK], const float *b, int64_t bstride,
+                           int64_t steps, vfloat acc[ROW_BLOCK][KEY_VECS])
+{
+#pragma GCC unroll 8
+    for (int r = 0; r < ROW_BLOCK; r++)
+#pragma GCC unroll 8
+        for (int u = 0; u < KEY_VECS; u++)
+            acc[r][u] = splat(0.0f);
+    for (int64_t t = 0; t < steps; t++) {
+        vfloat bt[KEY_VECS];
+#pragma GCC unroll 8
+        for (int u = 0; u < KEY_VECS; u++)
+            bt[u] = load_vec(b + t * bstride + u * VEC);
+#pragma GCC unroll 8
+        for (int r = 0; r < ROW_BLOCK; r++)
+#pragma GCC unroll 8
+            for (int u = 0; u < KEY_VECS; u++)
+                acc[r][u] += bt[u] * a[r][t];
+    }
+}
+
 /* scores (ROW_BLOCK, kw): row r = q[r] k^T over the kw (padded) keys, each score's sum over
  * c = 0..d-1 in order; the padded keys get -3e38 (nothing, to the max) */
 INLINE void score_rows(const float *const q[ROW_BLOCK], const float *kt, int64_t n, int64_t kw,
@@ -238,22 +262,7 @@ INLINE void score_rows(const float *const q[ROW_BLOCK], const float *kt, int64_t
 {
     for (int64_t jb = 0; jb < kw; jb += KEY_BLOCK) {
         vfloat acc[ROW_BLOCK][KEY_VECS];
-#pragma GCC unroll 8
-        for (int r = 0; r < ROW_BLOCK; r++)
-#pragma GCC unroll 8
-            for (int u = 0; u < KEY_VECS; u++)
-                acc[r][u] = splat(0.0f);
-        for (int64_t c = 0; c < d; c++) {   /* hot loop */
-            vfloat k[KEY_VECS];
-#pragma GCC unroll 8
-            for (int u = 0; u < KEY_VECS; u++)
-                k[u] = load_vec(kt + c * kw + jb + u * VEC);
-#pragma GCC unroll 8
-            for (int r = 0; r < ROW_BLOCK; r++)
-#pragma GCC unroll 8
-                for (int u = 0; u < KEY_VECS; u++)
-                    acc[r][u] += k[u] * q[r][c];
-        }
+        block_products(q, kt + jb, kw, d, acc);
 #pragma GCC unroll 8
         for (int u = 0; u < KEY_VECS; u++) {
             vmask real = keys_below(jb + u * VEC, n);
@@ -304,25 +313,13 @@ INLINE void softmax_row(float *p, int64_t n, int64_t kw)
 INLINE void weigh_values(const float *w, const float *v, int64_t n, int64_t kw, int64_t d,
                          int64_t rows, float *ctx, int64_t dim)
 {
+    const float *wr[ROW_BLOCK];
+    for (int r = 0; r < ROW_BLOCK; r++)
+        wr[r] = w + r * kw;
     int64_t cb = 0;
     for (; cb + KEY_BLOCK <= d; cb += KEY_BLOCK) {
         vfloat acc[ROW_BLOCK][KEY_VECS];
-#pragma GCC unroll 8
-        for (int r = 0; r < ROW_BLOCK; r++)
-#pragma GCC unroll 8
-            for (int u = 0; u < KEY_VECS; u++)
-                acc[r][u] = splat(0.0f);
-        for (int64_t j = 0; j < n; j++) {   /* hot loop */
-            vfloat vj[KEY_VECS];
-#pragma GCC unroll 8
-            for (int u = 0; u < KEY_VECS; u++)
-                vj[u] = load_vec(v + j * d + cb + u * VEC);
-#pragma GCC unroll 8
-            for (int r = 0; r < ROW_BLOCK; r++)
-#pragma GCC unroll 8
-                for (int u = 0; u < KEY_VECS; u++)
-                    acc[r][u] += vj[u] * w[r * kw + j];
-        }
+        block_products(wr, v + cb, d, n, acc);
         for (int64_t r = 0; r < rows; r++)
 #pragma GCC unroll 8
             for (int u = 0; u < KEY_VECS; u++)
