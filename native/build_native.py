@@ -58,31 +58,19 @@ int eq_quantize_q8(const float *x, int64_t m, int64_t k, int64_t block, int8_t *
 int eq_xnor_gemm_binary(const uint8_t *w, int64_t n, const uint8_t *x, int64_t m, int64_t kb,
                         int64_t k, int32_t *out, int32_t threads);
 
-/* prepared matrices (engine.c) */
-typedef struct eq_prepared eq_prepared;
-eq_prepared *eq_prepare_q8(const eq_qmatrix *w, int64_t act_block);
-size_t eq_prepared_bytes(const eq_prepared *p);
-int64_t eq_prepared_block(const eq_prepared *p);
-const eq_qmatrix *eq_prepared_matrix(const eq_prepared *p);
-void eq_prepared_free(eq_prepared *p);
-int eq_gemm_prepared_q8(const eq_prepared *p, const int8_t *xq, const float *xs, int64_t m,
-                        float *out, int32_t threads);
-
-int eq_gemm_q8(const eq_qmatrix *w, const int8_t *xq, const float *xs, int64_t m,
-               int64_t act_block, float *out, int32_t threads);
 """
 
 
 def _declarations(header: str) -> str:
     """A header's declarations as cffi's cdef takes them: without comments and preprocessor
-    lines (the plain headers of the fused steps; edgeq_native.h, with its inline functions and
-    macros, is declared by hand above)."""
+    lines (the plain headers: prepared matrices, the fused steps; edgeq_native.h, with its
+    inline functions and macros, is declared by hand above)."""
     with open(os.path.join(HERE, header), encoding="utf-8") as f:
         text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
 
-for _header in ("steps.h", "llama_forward.h", "bert_steps.h", "bert_forward.h"):
+for _header in ("prepared.h", "steps.h", "llama_forward.h", "bert_steps.h", "bert_forward.h"):
     CDEF += _declarations(_header)
 KINDS = ("int8", "int8_asym", "int4", "int4_asym", "ternary_2bit", "ternary_base3", "binary",
          "pow2", "int3", "int3_asym", "int2", "int2_asym")
