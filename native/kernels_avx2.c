@@ -112,32 +112,28 @@ static inline void plane_bytes(const uint8_t *in, int64_t n, int right, int left
                                int merge, uint8_t *out)
 {
     const __m128i r = _mm_cvtsi32_si128(right), l = _mm_cvtsi32_si128(left);
-    const __m128i m16 = _mm_set1_epi8((char)mask);
-    const __m256i m32 = _mm256_set1_epi8((char)mask);
+    const __m128i m16 = _mm_set1_epi8((char)mask), zero16 = _mm_setzero_si128();
+    const __m256i m32 = _mm256_set1_epi8((char)mask), zero32 = _mm256_setzero_si256();
+/* the rule on 128 bits of in, OR-ed with old (zero unless merge) */
+#define PLANE128(v, old) _mm_or_si128(_mm_and_si128(_mm_sll_epi16(_mm_srl_epi16(v, r), l), m16), old)
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
         __m256i v = _mm256_loadu_si256((const __m256i *)(in + j));
-        v = _mm256_and_si256(_mm256_sll_epi16(_mm256_srl_epi16(v, r), l), m32);
-        if (merge)
-            v = _mm256_or_si256(v, _mm256_loadu_si256((const __m256i *)(out + j)));
+        __m256i old = merge ? _mm256_loadu_si256((const __m256i *)(out + j)) : zero32;
+        v = _mm256_or_si256(_mm256_and_si256(_mm256_sll_epi16(_mm256_srl_epi16(v, r), l), m32), old);
         _mm256_storeu_si256((__m256i *)(out + j), v);
     }
     if (j + 16 <= n) {
-        __m128i v = _mm_loadu_si128((const __m128i *)(in + j));
-        v = _mm_and_si128(_mm_sll_epi16(_mm_srl_epi16(v, r), l), m16);
-        if (merge)
-            v = _mm_or_si128(v, _mm_loadu_si128((const __m128i *)(out + j)));
-        _mm_storeu_si128((__m128i *)(out + j), v);
+        __m128i old = merge ? _mm_loadu_si128((const __m128i *)(out + j)) : zero16;
+        _mm_storeu_si128((__m128i *)(out + j), PLANE128(_mm_loadu_si128((const __m128i *)(in + j)), old));
         j += 16;
     }
     if (j + 8 <= n) {
-        __m128i v = _mm_loadl_epi64((const __m128i *)(in + j));
-        v = _mm_and_si128(_mm_sll_epi16(_mm_srl_epi16(v, r), l), m16);
-        if (merge)
-            v = _mm_or_si128(v, _mm_loadl_epi64((const __m128i *)(out + j)));
-        _mm_storel_epi64((__m128i *)(out + j), v);
+        __m128i old = merge ? _mm_loadl_epi64((const __m128i *)(out + j)) : zero16;
+        _mm_storel_epi64((__m128i *)(out + j), PLANE128(_mm_loadl_epi64((const __m128i *)(in + j)), old));
         j += 8;
     }
+#undef PLANE128
     for (; j < n; j++)
         out[j] = (uint8_t)((((in[j] >> right) << left) & mask) | (merge ? out[j] : 0));
 }
