@@ -262,6 +262,26 @@ def _activations(xq, k: int) -> np.ndarray:
     return _array(xq, np.int8, (xq.shape[0], k), "quantized activations")
 
 
+def _scales(xs, m: int, blocks: int) -> np.ndarray:
+    """xs checked as the float32 (m, blocks) C-contiguous activation scales."""
+    if not (type(xs) is np.ndarray and xs.dtype == _FLOAT32 and xs.shape == (m, blocks)
+            and xs.flags.c_contiguous):
+        _array(xs, np.float32, (m, blocks), "activation scales")
+    return xs
+
+
+def _output(out, m: int, n: int) -> np.ndarray:
+    """out checked as a writable float32 (m, n) C-contiguous array, or a new one for None."""
+    if out is None:
+        return np.empty((m, n), dtype=np.float32)
+    if not (type(out) is np.ndarray and out.dtype == _FLOAT32 and out.shape == (m, n)
+            and out.flags.c_contiguous and out.flags.writeable):
+        _array(out, np.float32, (m, n), "out")
+        if not out.flags.writeable:
+            raise ValueError("out is read-only")
+    return out
+
+
 # ---- kernels --------------------------------------------------------------------------------
 
 def quantize_act(x, block):
@@ -314,17 +334,9 @@ def matmul(qt, xq, xs, act_block, out=None):
     if act_block <= 0 or k % act_block:
         raise ValueError(f"act_block {act_block} must be positive and divide the row length {k}")
     m = xq.shape[0]
-    if not (type(xs) is np.ndarray and xs.dtype == _FLOAT32 and xs.shape == (m, k // act_block)
-            and xs.flags.c_contiguous):
-        _array(xs, np.float32, (m, k // act_block), "activation scales")
+    _scales(xs, m, k // act_block)
     sub, fits = matrix.sub_block(act_block)
-    if out is None:
-        out = np.empty((m, n), dtype=np.float32)
-    elif not (type(out) is np.ndarray and out.dtype == _FLOAT32 and out.shape == (m, n)
-              and out.flags.c_contiguous and out.flags.writeable):
-        _array(out, np.float32, (m, n), "out")
-        if not out.flags.writeable:
-            raise ValueError("out is read-only")
+    out = _output(out, m, n)
     if not fits:
         out[...] = numpy_backend.matmul(qt, xq, xs, act_block)
         return out
@@ -353,13 +365,8 @@ class PreparedMatrix:
         (n, k), block = self.shape, self.act_block
         xq = _activations(xq, k)
         m = xq.shape[0]
-        _array(xs, np.float32, (m, k // block), "activation scales")
-        if out is None:
-            out = np.empty((m, n), dtype=np.float32)
-        else:
-            _array(out, np.float32, (m, n), "out")
-            if not out.flags.writeable:
-                raise ValueError("out is read-only")
+        _scales(xs, m, k // block)
+        out = _output(out, m, n)
         if m:
             check_status(lib.eq_gemm_prepared_q8(self.handle, ffi.from_buffer("int8_t[]", xq),
                                            ffi.from_buffer("float[]", xs), m,
@@ -374,10 +381,8 @@ class PreparedMatrix:
         (n, k), block = self.shape, self.act_block
         cap = len(xq)
         _array(xq, np.int8, (cap, k), "quantized activations")
-        _array(xs, np.float32, (cap, k // block), "activation scales")
-        _array(out, np.float32, (cap, n), "out")
-        if not out.flags.writeable:
-            raise ValueError("out is read-only")
+        _scales(xs, cap, k // block)
+        _output(_array(out, np.float32, (cap, n), "out"), cap, n)   # given, not made
         handle, gemm = self.handle, lib.eq_gemm_prepared_q8
         pointers = (ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xs),
                     ffi.from_buffer("float[]", out, require_writable=True))
