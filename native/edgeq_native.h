@@ -211,6 +211,7 @@ typedef void (*eq_combine_fn)(const eq_rowscale *rs, int nr, const int32_t *raw,
 #define EQ_PANEL 16
 #define EQ_PANEL_TILE 8        /* activation rows per pass over a panel */
 #define EQ_PANEL_MIN_M 8       /* below this, packing costs more than it saves */
+#define EQ_PANEL_GROUP_MAX 2   /* the most panels a variant's panel kernel takes per call */
 typedef struct {
     const uint8_t *w;          /* (k / 4, EQ_PANEL, 4) bytes v */
     int64_t k, sub, nsub;
@@ -243,7 +244,8 @@ typedef struct {
     eq_combine_fn combine;
     eq_panel_fn panel;           /* NULL: m > 1 takes the slots path */
     eq_panel_pack_fn panel_pack; /* given with panel */
-    int panel_group;             /* panels per panel call (see eq_panel_fn); 0 counts as 1 */
+    int panel_group;             /* panels per panel call (see eq_panel_fn); 0 counts as 1;
+                                    at most EQ_PANEL_GROUP_MAX */
 } eq_simd_table;
 
 /* Each variant's table (defined only where its file is compiled). */

@@ -148,14 +148,20 @@ typedef struct {
     _Atomic int status;
 } sums_job;
 
+/* Bytes of scratch for one decoded row of k codes: padded (then rounded to a cache line) so
+ * that SIMD decoders may write whole vectors past k. */
+static size_t decoded_row_bytes(int64_t k)
+{
+    return ((size_t)k + 64 + 63) & ~(size_t)63;
+}
+
 static void sums_rows(void *arg, int64_t begin, int64_t end)
 {
     sums_job *job = arg;
     const eq_qmatrix *w = job->w;
     int64_t k = w->k, nfine = job->nfine, nsub = job->nsub, per_sub = job->sub / job->fine;
     int32_t mult = kind_mult(w->kind);
-    /* u is padded so SIMD decoders may write whole vectors past k */
-    size_t u_bytes = ((size_t)k + 64 + 63) & ~(size_t)63;
+    size_t u_bytes = decoded_row_bytes(k);
     uint8_t *u = scratch_get(SCRATCH_ROW, u_bytes + 2 * (size_t)nfine * sizeof(int32_t));
     if (!u) {
         job->status = EQ_ENOMEM;
@@ -384,7 +390,7 @@ static void pack_panel(const eq_qmatrix *w, const eq_simd_table *t, const eq_pla
 /* Panels per call of the variant's panel kernel (eq_simd_table.panel_group). */
 static int panel_group(const eq_simd_table *t)
 {
-    return t->panel_group > 1 ? t->panel_group : 1;
+    return t->panel_group > 1 ? t->panel_group : 1;   /* at most EQ_PANEL_GROUP_MAX */
 }
 
 /* Rows [begin, end) panel_group panels at a time: pack the panels (and their weight side)
@@ -397,7 +403,7 @@ static void panel_rows(matmul_job *job, int64_t begin, int64_t end)
     const eq_prepared *prep = job->prepared;
     const int group = panel_group(t);
     int64_t k = w->k, nsub = job->nsub;
-    size_t u_stride = ((size_t)k + 64 + 63) & ~(size_t)63;
+    size_t u_stride = decoded_row_bytes(k);
     size_t u_bytes = !prep && job->plan.decoded ? (size_t)EQ_PANEL * u_stride : 0;
     size_t block = prep ? 0 : panel_block_bytes(w, job->sub);
     size_t raw_n = (size_t)EQ_PANEL_TILE * (size_t)nsub * EQ_PANEL;
@@ -410,7 +416,7 @@ static void panel_rows(matmul_job *job, int64_t begin, int64_t end)
     int32_t *raw = (int32_t *)(packed + group * block);
     for (int64_t r0 = begin; r0 < end; r0 += group * EQ_PANEL) {
         int nr = (int)(end - r0 < group * EQ_PANEL ? end - r0 : group * EQ_PANEL);
-        eq_panel p[2];
+        eq_panel p[EQ_PANEL_GROUP_MAX];
         for (int c = 0; c * EQ_PANEL < nr; c++) {
             int64_t rc = r0 + c * EQ_PANEL;
             uint8_t *at = packed + c * block;
@@ -444,7 +450,7 @@ static void matmul_rows(void *arg, int64_t begin, int64_t end)
     int64_t rstride = (fused ? k / EQ_SLOT : nsub) + EQ_RAW_PAD;
     int64_t tile = gemv || !fused ? 1 : EQ_MAX_TILE;  /* activation rows per raw block */
     int64_t per = fused ? job->sub / EQ_SLOT : 1;
-    size_t u_bytes = decode ? ((size_t)k + 64 + 63) & ~(size_t)63 : 0;
+    size_t u_bytes = decode ? decoded_row_bytes(k) : 0;
     size_t raw_bytes = (size_t)(ROW_BLOCK * tile * rstride) * sizeof(int32_t);
     size_t spill_bytes = (size_t)(ROW_BLOCK * 2 * nsub) * sizeof(float);
     uint8_t *u = scratch_get(SCRATCH_ROW, ROW_BLOCK * u_bytes + raw_bytes + spill_bytes);
@@ -634,7 +640,7 @@ eq_prepared *eq_prepare_q8(const eq_qmatrix *w, int64_t act_block)
                        .nsub = w->k / sub, .block_bytes = panel_block_bytes(w, sub)};
     int64_t npanels = (w->rows + EQ_PANEL - 1) / EQ_PANEL;
     p->bytes = (size_t)npanels * p->block_bytes;
-    size_t u_stride = ((size_t)w->k + 64 + 63) & ~(size_t)63;
+    size_t u_stride = decoded_row_bytes(w->k);
     uint8_t *u = plan.decoded ? malloc(EQ_PANEL * u_stride) : NULL;
     p->data = aligned_alloc(64, p->bytes);
     if (!p->data || (plan.decoded && !u)) {
