@@ -16,9 +16,10 @@ next-token distribution q from the reference's p,
 
     KL(p || q) = sum_v p(v) (log p(v) - log q(v))      in nats, log-softmax in float64
 
-0 for the reference weights themselves (the same computation gives the same logits). The
-reference logits are kept (float32, windows x tokens x vocab: 2 x 128 x 49152 x 4 bytes =
-48 MiB for SmolLM2) and renormalized at each call.
+computed as sum_v p log p (kept per position) - sum_v p log q: 0 for the reference weights
+themselves (the same computation gives the same log q, so both sums are the same bits). The
+reference's probabilities p are kept (float32, windows x tokens x vocab: 2 x 128 x 49152 x
+4 bytes = 48 MiB for SmolLM2), so a call normalizes only its own logits.
 
 Windows (probe_windows): PROBE_WINDOWS rows spread evenly over the calibration samples the
 user gave, each cut to its first PROBE_TOKENS tokens. The loss costs one forward pass per
@@ -136,8 +137,12 @@ class OutputLoss:
         self.windows = [np.asarray(w) for w in windows]
         if not self.windows or any(w.ndim != 1 or w.size == 0 for w in self.windows):
             raise ValueError("the probe needs at least one non-empty window of token ids")
+        self._reference = []   # per window: p (tokens, vocab) float32, sum_v p log p (tokens,)
         with self._installed({}):
-            self._reference = [self.model.logits(ids) for ids in self.windows]
+            for ids in self.windows:
+                p_log = log_softmax(self.model.logits(ids))
+                p = np.exp(p_log).astype(np.float32)
+                self._reference.append((p, np.sum(p * p_log, axis=-1)))
 
     @contextmanager
     def _installed(self, replaced: Mapping[str, np.ndarray]) -> Iterator[None]:
@@ -153,10 +158,9 @@ class OutputLoss:
     def __call__(self, replaced: Mapping[str, np.ndarray]) -> float:
         kl = []
         with self._installed(replaced):
-            for ids, reference in zip(self.windows, self._reference):
-                p_log = log_softmax(reference)
+            for ids, (p, p_log_p) in zip(self.windows, self._reference):
                 q_log = log_softmax(self.model.logits(ids))
-                kl.append(np.mean(np.sum(np.exp(p_log) * (p_log - q_log), axis=-1)))
+                kl.append(np.mean(p_log_p - np.sum(p * q_log, axis=-1)))
         return float(np.mean(kl))
 
 
