@@ -21,6 +21,7 @@ import numpy as np
 from edgeq._native import ffi, lib
 from edgeq.kernels import native_backend
 from edgeq.kernels.table import weight_kind
+from edgeq.models.bert import Q8Workspace
 from edgeq.models.native_memory import Kept, Scratch
 
 if not hasattr(lib, "eq_bert_forward_q8"):
@@ -35,8 +36,8 @@ class NativeEncoder:
     from several Python threads are safe; they take turns."""
 
     #: scratch kept between calls is for at most this many token rows (larger batches get
-    #: their own, freed after the call), like the per-step path's workspace
-    KEPT_ROWS = 256
+    #: their own, freed after the call): the per-step path's workspace bound
+    KEPT_ROWS = Q8Workspace.KEPT_ROWS
 
     @classmethod
     def of(cls, encoder) -> tuple["NativeEncoder | None", str | None]:
