@@ -125,7 +125,8 @@ def cmd_quantize(args) -> int:
                            params=dict(args.param or ()),
                            symmetric=False if args.asymmetric else None, calib=args.calib,
                            samples=args.samples, seq_len=args.seq_len, seed=args.seed,
-                           activations="static" if args.static_activations else None)
+                           activations="static" if args.static_activations else None,
+                           rotation="hadamard" if args.rotate else None)
     except (FormatError, UnsupportedError, FileNotFoundError):
         raise
     except ValueError as e:  # option values the recipe or the algorithms reject
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--static-activations", action="store_true",
                    help="store calibrated int8 input scales (BERT encoders)")
+    p.add_argument("--rotate", action="store_true",
+                   help="rotate the residual stream first (randomized Hadamard; the same function, "
+                        "much better with --algo gptq at 2-3 bits; llama-family models)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_quantize)
 

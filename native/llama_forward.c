@@ -240,8 +240,13 @@ int eq_llama_forward(const eq_llama_model *m, const eq_llama_cache *cache, float
         MATMUL(eq_gemm_q8(b->down, xq_f, xs_f, rows, bf, delta, threads));
     }
     int64_t r0 = rows - out_rows;
-    STEP(eq_step_norm_quantize(x + r0 * d, delta + r0 * d, out_rows, d, m->output_norm, m->eps,
-                               bd, xq_d + r0 * d, xs_d + r0 * (d / bd), row), m->n_layers, 0);
+    const float *last = delta + r0 * d;
+    if (m->unrotation) {
+        eq_step_unrotate(x + r0 * d, last, out_rows, d, m->unrotation, row);
+        last = NULL;
+    }
+    STEP(eq_step_norm_quantize(x + r0 * d, last, out_rows, d, m->output_norm, m->eps, bd,
+                               xq_d + r0 * d, xs_d + r0 * (d / bd), row), m->n_layers, 0);
     MATMUL(eq_gemm_q8(m->output, xq_d + r0 * d, xs_d + r0 * (d / bd), out_rows, bd, logits,
                       threads));
     return EQ_OK;

@@ -40,6 +40,8 @@ typedef struct {
     const eq_llama_block *blocks;       /* n_layers */
     const float *output_norm;           /* (dim,) */
     const eq_qmatrix *output;           /* (vocab, dim) */
+    const float *unrotation;            /* (dim, dim) R^T of a rotated residual stream, or NULL
+                                           (eq_step_unrotate before output_norm) */
 } eq_llama_model;
 
 /* A float16 KV cache, as bits: keys (n_layers, n_kv, n_blocks, hd, key_block), values

@@ -109,6 +109,31 @@ int eq_step_norm_quantize(float *x, const float *delta, int64_t rows, int64_t d,
     return finite;
 }
 
+/* acc[i] += a * row[i] */
+EQ_STEP_CLONES static void add_scaled(float *restrict acc, float a, const float *restrict row,
+                                      int64_t n)
+{
+    EQ_LANES(i, n, acc[i] += a * row[i]);
+}
+
+/* ---- undoing the residual rotation ------------------------------------------------------- */
+int eq_step_unrotate(float *x, const float *delta, int64_t rows, int64_t d,
+                     const float *unrotation, float *work)
+{
+    if (rows < 0 || d <= 0)
+        return EQ_STEP_EARGS;
+    for (int64_t t = 0; t < rows; t++) {
+        float *xr = x + t * d;
+        if (delta)
+            add_to(xr, delta + t * d, d);
+        memset(work, 0, (size_t)d * sizeof(float));
+        for (int64_t k = 0; k < d; k++)
+            add_scaled(work, xr[k], unrotation + k * d, d);
+        memcpy(xr, work, (size_t)d * sizeof(float));
+    }
+    return 1;
+}
+
 /* ---- RoPE + KV cache + attention --------------------------------------------------------- */
 
 /* dst = src (hd,) with its leading rope_dim dimensions turned: pair (a, b) by the angle whose

@@ -28,6 +28,13 @@ int eq_step_norm_quantize(float *x, const float *delta, int64_t rows, int64_t d,
                           const float *weight, double eps, int64_t block, int8_t *xq, float *xs,
                           float *work);
 
+/* Rows of x (rows, d): x += delta (NULL: none), then x = x R^T, where R (d, d) is the
+ * rotation the residual stream was turned by, given transposed: unrotation = R^T, row-major.
+ * Each element sums x[k] * unrotation[k][j] over k in order, in float32. work: d floats.
+ * Returns 1 (the next step checks the values). */
+int eq_step_unrotate(float *x, const float *delta, int64_t rows, int64_t d,
+                     const float *unrotation, float *work);
+
 /* Floats of scratch eq_step_attend_quantize needs. */
 int64_t eq_step_attend_work(int64_t rows, int64_t n_heads, int64_t n_kv, int64_t head_dim,
                             int64_t end);

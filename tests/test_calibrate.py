@@ -20,7 +20,7 @@ from edgeq.calibrate.grid import Grid
 from edgeq.calibrate.hqq import hqq
 from edgeq.calibrate.mixed import allocate, probed_errors, relative_errors, sensitivities
 from edgeq.calibrate.recipe import (AWQParams, CalibrationSettings, GPTQParams, HQQParams, Override,
-                                    Recipe, WeightConfig)
+                                    Recipe, RotationConfig, WeightConfig)
 from edgeq.calibrate.rtn import rtn
 from edgeq.calibrate.smoothquant import smooth
 from edgeq.calibrate.stats import InputStats, output_error
@@ -446,7 +446,8 @@ RECIPE = Recipe(
     overrides=(Override("*.mlp.down_proj", qtype="int8", ungrouped=True, algorithm="rtn"),
                Override("layers.0.*", algorithm="hqq", params=HQQParams(iters=5)),
                Override("*.v_proj", group_size=64)),
-    calibration=CalibrationSettings("calib.jsonl", samples=16, seq_len=256, seed=3))
+    calibration=CalibrationSettings("calib.jsonl", samples=16, seq_len=256, seed=3),
+    rotation=RotationConfig("hadamard", seed=5))
 
 
 def test_recipe_overrides_apply_in_order():
@@ -480,6 +481,8 @@ def test_recipe_round_trips_through_json_yaml_and_files(tmp_path):
     ('{"overrides": [{"pattern": "*", "params": {}}]}', FormatError, "recipe.overrides[0]"),
     ('{"overrides": {"pattern": "*"}}', FormatError, "overrides"),
     ('{"calibration": {"samples": 0}}', FormatError, "recipe.calibration"),
+    ('{"rotation": {"mode": "spin"}}', FormatError, "recipe.rotation"),
+    ('{"rotation": {"seed": "a"}}', FormatError, "recipe.rotation.seed"),
     ('{"colour": 1}', FormatError, "colour"),
     ('{"version": 2}', UnsupportedError, "version"),
     ('[1, 2]', FormatError, "mapping"),
@@ -846,6 +849,9 @@ def test_python_entry_point_options_change_the_recipe(tmp_path):
     assert (r.calibration.samples, r.calibration.source) == (16, "notes.txt")
     assert build_recipe(base, algorithm="hqq").weights.params == HQQParams()
     assert build_recipe(None, activations="static").activations.mode == "static"
+    assert build_recipe(None, rotation="hadamard").rotation == RotationConfig("hadamard", 0)
+    with pytest.raises(ValueError, match="rotation mode"):
+        build_recipe(None, rotation="spin")
     with pytest.raises(UnsupportedError):
         build_recipe(None, algorithm="gptq", qtype="int8")
 
@@ -940,3 +946,47 @@ def test_probed_allocation_is_refused_where_it_cannot_run(minilm_slice, tmp_path
     with pytest.raises(ValueError, match="allocation must be one of"):
         edgeq.calibrate.quantize(minilm_slice, tmp_path / "q.eqm", bits=4.0, allocation="kl")
     assert not (tmp_path / "q.eqm").exists()
+
+
+# --- the residual rotation (edgeq.calibrate.rotation) -------------------------------------------
+def test_rotation_is_orthogonal_and_spreads_every_channel():
+    from edgeq.calibrate.rotation import hadamard_rotation
+    for n in (1, 6, 64, 576):
+        r = hadamard_rotation(n, seed=1)
+        np.testing.assert_allclose(r @ r.T, np.eye(n), atol=1e-12)
+    # a lone outlier channel lands on every channel with the same magnitude (the Hadamard part)
+    assert np.allclose(np.abs(hadamard_rotation(64, 2)[7]), 1 / 8)
+    assert not np.allclose(hadamard_rotation(576, 1), hadamard_rotation(576, 2))
+
+
+def test_cli_rotated_gptq_on_a_smollm2_slice(smollm2_slice, tmp_path, capsys):
+    """--rotate: the file holds the rotation and folded norms, and computes the slice's function
+    (int8 weights: close to the float slice's logits); nothing is left beside the output."""
+    out = tmp_path / "rotated.eqm"
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(out), "--qtype", "int4", "--algo", "gptq",
+                     "--group-size", "32", "--samples", "4", "--seq-len", "32", "--rotate",
+                     "--calib", str(smollm2_slice.parent / "calib.txt"), "--no-progress"]) == 0
+    assert "7 linear layers" in capsys.readouterr().out
+    packed = open_packed(out)
+    assert packed.config["residual_rotation"] is True
+    assert Recipe.from_json(packed.metadata["recipe"]).rotation == RotationConfig("hadamard", 0)
+    assert np.all(np.asarray(packed["blk.0.attn_norm.weight"]) == 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rotated.eqm"]
+    ids = np.arange(100, 140)
+    want = edgeq.load(smollm2_slice).logits(ids)
+    edgeq.calibrate.quantize(smollm2_slice, tmp_path / "int8.eqm", qtype="int8", group_size=0, rotation="hadamard")
+    got = edgeq.load(tmp_path / "int8.eqm").logits(ids)
+    cos = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+    assert cos.min() > 0.995, cos
+    assert np.isfinite(edgeq.load(out).logits(ids)).all()
+
+
+def test_rotation_is_refused_for_bert_and_rotated_models(minilm_slice, tmp_path):
+    with pytest.raises(UnsupportedError, match="llama-family"):
+        edgeq.calibrate.quantize(minilm_slice, tmp_path / "q.eqm", qtype="int8", rotation="hadamard")
+    once = tmp_path / "once.eqm"
+    edgeq.calibrate.quantize(tiny_llama(tmp_path / "tiny.eqm"), once, algorithm="rtn", qtype="int8",
+                             rotation="hadamard")
+    with pytest.raises(UnsupportedError, match="already rotated"):
+        edgeq.calibrate.quantize(once, tmp_path / "q.eqm", qtype="int8", rotation="hadamard")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["once.eqm", "tiny.eqm"]

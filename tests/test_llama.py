@@ -20,6 +20,7 @@ import edgeq
 from edgeq.cache import converted, prepare, source_key
 from edgeq.chat import ChatTemplateError, render
 from edgeq.errors import FormatError
+from edgeq.format import open_packed
 from edgeq.generate import chat_prompt_ids, generate_tokens
 from edgeq.models.kv_cache import ContextFullError, KVCache
 from edgeq.models.llama import LlamaConfig
@@ -125,6 +126,19 @@ def tiny_model(tmp_path: Path, seed: int = 0, qtype: str | None = None, **overri
     return path, c, weights
 
 
+def rotated_tiny_model(tmp_path: Path, qtype: str | None = None, **overrides) -> tuple[Path, dict, dict]:
+    """tiny_model's float weights with the residual stream rotated (edgeq.calibrate.rotation),
+    then quantized like tiny_model; returns the path and the *unrotated* config and weights."""
+    from edgeq.calibrate.rotation import rotate_llama
+    _, c, w = tiny_model(tmp_path, **overrides)
+    turned = {**w, **rotate_llama(w, c, seed=3)}
+    stored = {n: edgeq.quantize(a, qtype, group_size=16) if qtype and a.ndim == 2 and "rotation" not in n else a
+              for n, a in turned.items()}
+    path = tmp_path / f"tiny-rotated-{qtype}.eqm"
+    edgeq.save(path, stored, config={**c, "residual_rotation": True})
+    return path, c, w
+
+
 VARIANTS = {
     "llama": {},
     "qwen2-biases-neox-untied": {"architecture": "qwen2", "rope_type": "neox", "has_qkv_bias": True,
@@ -147,6 +161,34 @@ def test_float_model_matches_the_reference(tmp_path, variant):
     for kv, tol in KV_ATOL.items():
         np.testing.assert_allclose(edgeq.load(path, kv_dtype=kv).logits(ids), want, rtol=0,
                                    atol=tol * np.abs(want).max(), err_msg=kv)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rotated_model_computes_the_same_function(tmp_path, variant):
+    """Norms folded, residual and value heads rotated, the rotation undone before
+    output_norm: the reference logits of the unrotated weights."""
+    path, c, w = rotated_tiny_model(tmp_path, **VARIANTS[variant])
+    ids = [3, 17, 5, 39, 0, 22, 8, 8, 11, 2]
+    m = edgeq.load(path, kv_dtype="float32")
+    assert m.rotation is not None
+    want = reference_logits(c, w, ids)
+    np.testing.assert_allclose(m.logits(ids), want, rtol=0, atol=REFERENCE_ATOL * np.abs(want).max())
+
+
+def test_residual_rotation_must_be_orthogonal(tmp_path):
+    path, c, w = rotated_tiny_model(tmp_path)
+    packed = open_packed(path)
+    tensors = {n: np.asarray(packed[n]) for n in packed}
+    r = tensors["residual_rotation.weight"]
+    for bad, match in [(r * 1.01, "not orthogonal"), (np.where(np.eye(32) > 0, np.nan, r), "not orthogonal"),
+                       (r[:16], "shape"), (edgeq.quantize(r, "int8"), "float array")]:
+        edgeq.save(path, {**tensors, "residual_rotation.weight": bad}, config=packed.config)
+        with pytest.raises(FormatError, match=match):
+            edgeq.load(path)
+    missing = {n: a for n, a in tensors.items() if n != "residual_rotation.weight"}
+    edgeq.save(path, missing, config=packed.config)
+    with pytest.raises(FormatError, match="residual_rotation.weight"):
+        edgeq.load(path)
 
 
 @pytest.mark.parametrize("qtype", [None, "int8", "int4"])
@@ -387,6 +429,24 @@ def test_native_norm_quantize_is_the_numba_step(rows, blocks, block, spread, res
 
 
 @settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 3), d=st.sampled_from([1, 8, 24, 576]), spread=st.floats(1e-6, 1e6),
+       residual=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_native_unrotate_is_the_numba_step(rows, d, spread, residual, seed):
+    from edgeq.calibrate.rotation import hadamard_rotation
+    native, numba = _both_steps()
+    rng = np.random.default_rng(seed)
+    x = _values(rng, (rows, d), spread)
+    delta = _values(rng, (rows, d), spread) if residual else np.empty((0, d), np.float32)
+    unrotation = hadamard_rotation(d, seed).T.astype(np.float32)
+    a, b = x.copy(), x.copy()
+    native.unrotate(a, delta, np.ascontiguousarray(unrotation))
+    numba.unrotate(b, delta, np.ascontiguousarray(unrotation))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, (x + (delta if residual else 0)) @ unrotation, rtol=1e-4,
+                               atol=1e-4 * spread)
+
+
+@settings(max_examples=30, deadline=None)
 @given(rows=st.integers(1, 3), f=st.sampled_from([8, 32, 96]), spread=st.floats(1e-3, 200),
        strided=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_native_swiglu_quantize_is_the_numba_step(rows, f, spread, strided, seed):
@@ -512,10 +572,13 @@ def test_native_steps_check_their_arguments():
             native.swiglu_quantize(*args)
 
 
-@pytest.mark.parametrize("variant", ["llama", "qwen2-biases-neox-untied", "partial-rope-scaled"])
+@pytest.mark.parametrize("variant", ["llama", "qwen2-biases-neox-untied", "partial-rope-scaled", "rotated"])
 def test_native_fast_path_gives_the_numba_fast_paths_bits(tmp_path, variant):
     pytest.importorskip("edgeq.models.llama_native_steps")
-    path, _, _ = tiny_model(tmp_path, qtype="int4", **VARIANTS[variant])
+    if variant == "rotated":
+        path, _, _ = rotated_tiny_model(tmp_path, qtype="int4")
+    else:
+        path, _, _ = tiny_model(tmp_path, qtype="int4", **VARIANTS[variant])
     native, numba = edgeq.load(path, fused_steps="native"), edgeq.load(path, fused_steps="numba")
     assert (native.steps_backend, numba.steps_backend) == ("native", "numba")
     assert native.native_pass and not numba.native_pass

@@ -7,6 +7,7 @@
     grid         Grid: the int4 / int3 / int2 per-group target every algorithm packs into
     rtn, gptq, awq, smoothquant, hqq     the weight algorithms (plain functions on numpy arrays)
     mixed        bits per layer under a bits-per-weight budget
+    rotation     a llama decoder with its residual stream rotated (same function, for GPTQ)
     recipe       Recipe: typed, versioned settings (YAML / JSON, stored in the .eqm metadata)
     driver       runs a model over calibration samples and quantizes a whole .eqm by a recipe
     static       calibrated int8 activation scales stored in the file (static mode, BERT)
@@ -15,6 +16,7 @@
 """
 
 from edgeq.calibrate.api import QuantizeSummary, build_recipe, quantize
-from edgeq.calibrate.recipe import ActivationConfig, Recipe, WeightConfig
+from edgeq.calibrate.recipe import ActivationConfig, Recipe, RotationConfig, WeightConfig
 
-__all__ = ["ActivationConfig", "QuantizeSummary", "Recipe", "WeightConfig", "build_recipe", "quantize"]
+__all__ = ["ActivationConfig", "QuantizeSummary", "Recipe", "RotationConfig", "WeightConfig", "build_recipe",
+           "quantize"]

@@ -19,7 +19,8 @@ bits-per-weight budget: mixed precision over the linear layers) with allocation 
 budget is spread: "output-error", each layer's relative output error, or "probed", the
 model's own KL divergence from the float model with each layer alone at int2, measured on
 two 128-token windows of the calibration samples: better, one forward pass per layer and
-window, llama-family models only; see driver.quantize_packed). The recipe actually applied
+window, llama-family models only; see driver.quantize_packed) and rotation ("hadamard": the
+decoder's residual stream is rotated before quantizing, edgeq.calibrate.rotation). The recipe actually applied
 travels in the output file's metadata ("recipe", with "bits_budget" and "allocation").
 """
 
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq.calibrate import driver
-from edgeq.calibrate.recipe import ActivationConfig, Recipe, algorithm_params
+from edgeq.calibrate.recipe import ActivationConfig, Recipe, RotationConfig, algorithm_params
 from edgeq.format import MAGIC
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,10 @@ def is_packed(path: Path) -> bool:
 
 def build_recipe(recipe=None, *, qtype=None, algorithm=None, group_size=None, symmetric=None,
                  params=None, calib=None, samples=None, seq_len=None, seed=None,
-                 activations=None) -> Recipe:
+                 activations=None, rotation=None) -> Recipe:
     """A Recipe from a Recipe / recipe file / None, with the given options changed; params: a
-    mapping of some of the (new) algorithm's parameters, e.g. {"act_order": True}."""
+    mapping of some of the (new) algorithm's parameters, e.g. {"act_order": True}; rotation:
+    "none" / "hadamard" (seed 0) or a RotationConfig."""
     if recipe is None:
         recipe = Recipe()
     elif not isinstance(recipe, Recipe):
@@ -117,6 +119,12 @@ def build_recipe(recipe=None, *, qtype=None, algorithm=None, group_size=None, sy
             raise TypeError(f"activations must be 'dynamic', 'static' or an ActivationConfig, "
                             f"got {activations!r}")
         recipe = dataclasses.replace(recipe, activations=activations)
+    if rotation is not None:
+        if isinstance(rotation, str):
+            rotation = RotationConfig(rotation)
+        if not isinstance(rotation, RotationConfig):
+            raise TypeError(f"rotation must be 'none', 'hadamard' or a RotationConfig, got {rotation!r}")
+        recipe = dataclasses.replace(recipe, rotation=rotation)
     return recipe
 
 

@@ -35,6 +35,7 @@ group; quantize_packed puts as many blocks in one pass as fit its memory budget.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -455,17 +456,34 @@ def quantize_packed(src, dst, recipe: Recipe, *, samples=None, bits: float | Non
     The blocks are calibrated in passes whose Gram matrices fit `gram_memory` bytes (all of
     SmolLM2-135M's fit in 0.8 GiB: one pass). With recipe.activations.mode "static" the
     layers' int8 input scales are calibrated too (edgeq.calibrate.static; BERT only).
+    With recipe.rotation.mode "hadamard" the decoder is rotated first (edgeq.calibrate.rotation:
+    a float copy of it in a temporary folder next to dst, removed afterwards), and everything
+    above runs on the rotated model.
     The recipe actually applied (with the allocation) is stored in dst's metadata under
     "recipe" and returned with the per-layer reports.
     """
-    from edgeq.calibrate import mixed, static
-    from edgeq.format import open_packed, save
-    from edgeq.models import build_model
+    from edgeq.format import open_packed
 
     packed = open_packed(Path(src))
     config = packed.config or {}
-    groups = input_groups(config)
     check_allocation(allocation, bits, config.get("architecture"))
+    if recipe.rotation.mode == "none":
+        return _quantize_packed(packed, dst, recipe, samples, bits, allocation, gram_memory, progress)
+    from edgeq.calibrate.rotation import save_rotated
+
+    with tempfile.TemporaryDirectory(dir=Path(dst).parent, prefix=".edgeq-rotate-") as tmp:
+        rotated = open_packed(save_rotated(packed, Path(tmp) / "rotated.eqm", recipe.rotation.seed))
+        return _quantize_packed(rotated, dst, recipe, samples, bits, allocation, gram_memory, progress)
+
+
+def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gram_memory, progress):
+    """quantize_packed of an open PackedFile."""
+    from edgeq.calibrate import mixed, static
+    from edgeq.format import save
+    from edgeq.models import build_model
+
+    config = packed.config or {}
+    groups = input_groups(config)
     static_acts = recipe.activations.mode == "static"
     if static_acts and config.get("architecture") != "bert":
         raise UnsupportedError(f"static activation scales run on BERT encoders only; "

@@ -18,11 +18,15 @@ to_json() is the dict stored in the .eqm header's metadata, so every file says h
         algorithm: rtn
     calibration: {source: pydoc, samples: 64, seq_len: 512, seed: 0}
     activations: {mode: dynamic}  # or {mode: static, observer: percentile, granularity: block}
+    rotation: {mode: none}        # or {mode: hadamard, seed: 0}: llama-family decoders
 
 An override that changes the algorithm without giving params gets that algorithm's defaults.
 activations (optional, default dynamic): "static" stores calibrated int8 input scales for every
 linear layer in the file (edgeq.calibrate.static), one per block of `block` input channels
 (granularity "block") or one per layer ("tensor"), from the chosen observer (observers.py).
+rotation (optional, default none): "hadamard" turns the decoder's residual stream by a random
+orthogonal matrix before the weights are quantized (edgeq.calibrate.rotation: the same
+function, weights GPTQ quantizes much better).
 A mixed-precision allocation (mixed.allocate) is written as overrides with exact layer names.
 Malformed input raises FormatError naming the field and what was expected.
 """
@@ -161,12 +165,26 @@ class ActivationConfig:
 
 
 @dataclass(frozen=True)
+class RotationConfig:
+    """Whether (and from which seed) the residual stream is rotated before quantization."""
+
+    mode: str = "none"
+    seed: int = 0
+
+    def __post_init__(self):
+        from edgeq.calibrate.rotation import MODES
+        if self.mode not in MODES:
+            raise ValueError(f"rotation mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     weights: WeightConfig = WeightConfig()
     overrides: tuple[Override, ...] = ()
     calibration: CalibrationSettings = CalibrationSettings()
     version: int = RECIPE_VERSION
     activations: ActivationConfig = ActivationConfig()
+    rotation: RotationConfig = RotationConfig()
 
     def for_layer(self, name: str) -> WeightConfig:
         """The settings for layer `name`: the default with every matching override applied."""
@@ -185,11 +203,12 @@ class Recipe:
         return {"version": self.version, "weights": _config_dict(self.weights),
                 "overrides": [_override_dict(o) for o in self.overrides],
                 "calibration": dataclasses.asdict(self.calibration),
-                "activations": dataclasses.asdict(self.activations)}
+                "activations": dataclasses.asdict(self.activations),
+                "rotation": dataclasses.asdict(self.rotation)}
 
     @classmethod
     def from_json(cls, data, where: str = "recipe") -> Recipe:
-        obj = _mapping(data, where, {"version", "weights", "overrides", "calibration", "activations"})
+        obj = _mapping(data, where, {"version", "weights", "overrides", "calibration", "activations", "rotation"})
         version = obj.get("version", RECIPE_VERSION)
         if version != RECIPE_VERSION:
             raise UnsupportedError(f"{where}: recipe version {version!r}; this edgeq reads {RECIPE_VERSION}")
@@ -199,7 +218,8 @@ class Recipe:
         return cls(weights=_config(obj.get("weights", {}), f"{where}.weights"),
                    overrides=tuple(_override(o, f"{where}.overrides[{i}]") for i, o in enumerate(overrides)),
                    calibration=_simple(CalibrationSettings, obj.get("calibration", {}), f"{where}.calibration"),
-                   activations=_simple(ActivationConfig, obj.get("activations", {}), f"{where}.activations"))
+                   activations=_simple(ActivationConfig, obj.get("activations", {}), f"{where}.activations"),
+                   rotation=_simple(RotationConfig, obj.get("rotation", {}), f"{where}.rotation"))
 
     def to_yaml(self) -> str:
         return _yaml().safe_dump(self.to_json(), sort_keys=False)

@@ -22,6 +22,10 @@ Config keys (the "config" object of the .eqm header, written by the converters):
     context_length     positions the model was trained for: the default KV cache capacity
     tied_embeddings    true: the output projection is token_embd.weight (no output.weight)
     has_qkv_bias       true: blk.N.attn_{q,k,v}.bias are added after the projections (qwen2)
+    residual_rotation  optional, default false; true: the blocks work on the residual stream
+                       turned by the orthogonal residual_rotation.weight R (dim, dim): each
+                       embedded token is multiplied by R, the final hidden state by R^T before
+                       output_norm (made by edgeq.calibrate.rotation, which rotates the blocks)
 
 Tensors (GGUF names; numpy shapes are (out_features, in_features)):
     token_embd.weight (vocab, dim), output_norm.weight (dim,), output.weight (vocab, dim) unless
@@ -29,7 +33,8 @@ Tensors (GGUF names; numpy shapes are (out_features, in_features)):
     attn_norm.weight (dim,), attn_q.weight (n_heads*head_dim, dim), attn_k.weight and
     attn_v.weight (n_kv_heads*head_dim, dim), attn_output.weight (dim, n_heads*head_dim),
     ffn_norm.weight (dim,), ffn_gate.weight and ffn_up.weight (ffn_dim, dim),
-    ffn_down.weight (dim, ffn_dim), attn_{q,k,v}.bias if has_qkv_bias.
+    ffn_down.weight (dim, ffn_dim), attn_{q,k,v}.bias if has_qkv_bias,
+    residual_rotation.weight (dim, dim) float if residual_rotation.
 Matrices are QTensors (multiplied by edgeq.linear: integer kernels) or float arrays (numpy
 matmul); 1-D tensors are float. A quantized embedding is dequantized row by row as tokens
 need it.
@@ -46,7 +51,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 
 import numpy as np
 
@@ -102,12 +107,15 @@ class LlamaConfig:
     context_length: int
     tied_embeddings: bool
     has_qkv_bias: bool
+    residual_rotation: bool = False
 
     @classmethod
     def from_dict(cls, config: dict, where: str = "config") -> "LlamaConfig":
         """Validate the header's config object (FormatError naming the bad key)."""
         values = {}
         for f in fields(cls):
+            if f.name not in config and f.default is not MISSING:
+                continue
             if f.name not in config:
                 raise FormatError(f"{where}: key {f.name!r} is missing")
             v = config[f.name]
@@ -228,6 +236,8 @@ class LlamaModel:
             self._matmul = self._matmul_kernels()
             self._pin(self.output_norm, *(w for b in self.blocks for w in (b.attn_norm,
                                                                             b.ffn_norm)))
+            if self._unrotation is not None:
+                self._pin(self._unrotation)
             if self.steps_backend == "native":
                 self._whole_pass = self._native_forward()
 
@@ -327,6 +337,10 @@ class LlamaModel:
         self.output_norm = self._tensor(packed, "output_norm.weight", (d,))
         self.output = self.embedding if c.tied_embeddings else \
             self._tensor(packed, "output.weight", (c.vocab_size, d))
+        self.rotation = self._unrotation = None
+        if c.residual_rotation:
+            self.rotation = self._rotation(packed)
+            self._unrotation = np.ascontiguousarray(self.rotation.T)
         self.blocks = []
         for i in range(c.n_layers):
             def t(suffix, shape, _i=i):
@@ -344,6 +358,18 @@ class LlamaModel:
         if self.repacked_bytes:
             log.info("%s: %.1f MiB of weights copied out of the memory map (fused projections, "
                      "float16 matrices widened)", packed.path, self.repacked_bytes / 2**20)
+
+    def _rotation(self, packed) -> np.ndarray:
+        """residual_rotation.weight, checked to be a finite orthogonal float matrix."""
+        d = self.config.dim
+        r = self._tensor(packed, "residual_rotation.weight", (d, d))
+        if isinstance(r, QTensor):
+            raise FormatError(f"{packed.path}: tensor 'residual_rotation.weight' must be a float array")
+        r = np.asarray(r, dtype=np.float32)
+        r64 = r.astype(np.float64)
+        if not np.isfinite(r).all() or np.abs(r64 @ r64.T - np.eye(d)).max() > 1e-4:
+            raise FormatError(f"{packed.path}: tensor 'residual_rotation.weight' is not orthogonal")
+        return r
 
     def _fused(self, matrices: list) -> tuple:
         """Concatenate projections that read the same input, so one linear call (one
@@ -396,10 +422,10 @@ class LlamaModel:
         return np.concatenate([self._project(x, w) for w in matrices], axis=1)
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
+        """float32 (T, dim) residual stream of token ids (turned by the rotation, if any)."""
         e = self.embedding
-        if isinstance(e, QTensor):
-            return take_rows(e, ids).dequantize()
-        return np.asarray(e[ids], dtype=np.float32)
+        x = take_rows(e, ids).dequantize() if isinstance(e, QTensor) else np.asarray(e[ids], dtype=np.float32)
+        return x if self.rotation is None else x @ self.rotation
 
     def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
         """Rotate x (T, heads, head_dim) in place; cos, sin (T, 1, rope_dim/2)."""
@@ -478,6 +504,8 @@ class LlamaModel:
         cache.advance(t)
         if not all_logits:
             x = x[-1:]
+        if self._unrotation is not None:
+            x = x @ self._unrotation
         logits = self._project(rms_norm(x, self.output_norm, c.rms_eps), self.output)
         return logits if all_logits else logits[0]
 
@@ -530,7 +558,11 @@ class LlamaModel:
             (delta,) = project(xq_f, xs_f, bf, (b.w_down,), (d,))
         cache.advance(t)
         rows = slice(0, t) if all_logits else slice(t - 1, t)
-        check(steps.norm_quantize(x[rows], delta[rows], self.output_norm, eps, bd, xq_d[rows],
+        last = delta[rows]
+        if self._unrotation is not None:
+            steps.unrotate(x[rows], last, self._unrotation)
+            last = delta[:0]
+        check(steps.norm_quantize(x[rows], last, self.output_norm, eps, bd, xq_d[rows],
                                   xs_d[rows]), "final hidden state")
         logits = mm[id(self.output)](self.output, xq_d[rows], xs_d[rows], bd)
         return logits if all_logits else logits[0]

@@ -80,6 +80,7 @@ class NativeForward:
         m.block_dim, m.block_q, m.block_ffn = blocks
         m.blocks, m.output_norm = structs, keep.floats(model.output_norm)
         m.output = keep.matrix(model.output)
+        m.unrotation = ffi.NULL if model._unrotation is None else keep.floats(model._unrotation)
 
     def _cache(self, cache: KVCache):
         """The eq_llama_cache of a float16 cache shaped for this model, made once per cache."""

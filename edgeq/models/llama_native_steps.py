@@ -1,9 +1,10 @@
 """C steps of the llama decoder's fast path: native/steps.c through the extension edgeq._native.
 
-The same three steps, with the same signatures and results (bit for bit: see native/steps.c
+The same steps, with the same signatures and results (bit for bit: see native/steps.c
 for why) as the Numba steps of edgeq.models.llama_steps, which document the formulas:
 
     norm_quantize(x, delta, weight, eps, block, xq, xs) -> bool
+    unrotate(x, delta, unrotation) -> None
     attend_quantize(q, k, v, start, cos, sin, rope_dim, neox, scale, keys, values, block,
                     xq, xs) -> bool
     swiglu_quantize(gate, up, block, xq, xs) -> bool       (False: a value was not finite)
@@ -131,6 +132,18 @@ class NativeSteps:
         with self._lock:
             status = lib.eq_step_norm_quantize(*args, self._row.get(d)[0])
         return self.finite(status)
+
+    def unrotate(self, x, delta, unrotation) -> None:
+        """x (T, d) += delta ((T, d), or (0, d) for none); x = x @ unrotation (d, d)."""
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError("x must be a 2-D numpy array")
+        t, d = shape = x.shape
+        none = isinstance(delta, np.ndarray) and delta.shape[:1] == (0,)
+        args = (self._arg(x, _F32, shape, "x", True), ffi.NULL if none else
+                self._arg(delta, _F32, shape, "delta"), t, d,
+                self._arg(unrotation, _F32, (d, d), "unrotation"))
+        with self._lock:
+            self.finite(lib.eq_step_unrotate(*args, self._row.get(d)[0]))
 
     def attend_quantize(self, q, k, v, start, cos, sin, rope_dim, neox, scale, keys, values,
                         block, xq, xs) -> bool:

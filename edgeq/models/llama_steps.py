@@ -5,6 +5,7 @@ them is one call here, so a decoded token costs four Python-level calls per bloc
 of dozens of small numpy operations:
 
     norm_quantize    x += delta; h = rmsnorm(x) * weight; h -> int8 activations
+    unrotate         x += delta; x = x R^T (a rotated residual stream, before output_norm)
     attend_quantize  RoPE on q and k; k, v into the float16 KV cache; causal softmax
                      attention of q over the cache; the result -> int8 activations
     swiglu_quantize  silu(gate) * up -> int8 activations
@@ -98,6 +99,24 @@ def norm_quantize(x, delta, weight, eps, block, xq, xs):
             h[j] = (x[t, j] * inv) * weight[j]
         finite &= quantize_row(h, block, xq[t], xs[t])
     return finite
+
+
+@njit(cache=True)
+def unrotate(x, delta, unrotation):
+    """x (T, d) float32; delta (T, d) is added to x in place first (a (0, d) array for none);
+    then x = x @ unrotation (d, d), each element summed over k in order in float32."""
+    t_rows, d = x.shape
+    acc = np.empty(d, dtype=np.float32)
+    for t in range(t_rows):
+        if delta.shape[0]:
+            for j in range(d):
+                x[t, j] += delta[t, j]
+        acc[:] = 0
+        for k in range(d):
+            a = x[t, k]
+            for j in range(d):
+                acc[j] += a * unrotation[k, j]
+        x[t, :] = acc
 
 
 @njit(cache=True)

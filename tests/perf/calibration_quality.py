@@ -38,6 +38,10 @@ SmolLM2 (llama part)
                 run on the per-step path; such rows are named "... [float eval]"
     --only      fnmatch patterns on row names: compute only those rows (the others are skipped,
                 rows already in the workdir are still printed); to budget a long run
+    --rotate    every edgeq row starts from the reference with its residual stream rotated
+                (edgeq.calibrate.rotation, seed 0: what `edgeq quantize --rotate` does); such
+                rows are named "... [rotated]"; the reference, control and llama.cpp rows are
+                the same as without it
 
 MiniLM (bert part)
     reference   the HF folder converted to float32, run by edgeq in float
@@ -64,7 +68,7 @@ from pathlib import Path
 import numpy as np
 
 import edgeq
-from edgeq.calibrate import data, driver, mixed, probe
+from edgeq.calibrate import data, driver, mixed, probe, rotation
 from edgeq.calibrate.recipe import CalibrationSettings, GPTQParams, Recipe, WeightConfig
 from edgeq.converters.convert import convert
 from edgeq.eval import perplexity_of_ids
@@ -83,6 +87,7 @@ LLAMA_GRIDS = (("int4", 96), ("int3", 96), ("int3", 64), ("int2", 64), ("int2", 
 #: "gptq+": GPTQ with activation order and the clipping grid search (gptq.py)
 GPTQ_BEST = GPTQParams(act_order=True, grid_search=True)
 LLAMACPP = (("Q3_K_S", 11, 3.5), ("Q2_K", 10, 2.5))  # name, llama_ftype, nominal edgeq budget
+CONTROL = "Q4_1 import (int4 g32 asym, control)"
 
 
 def peak_mib() -> float:
@@ -172,12 +177,18 @@ def llamacpp_rows(args, results: Results, eval_ids: np.ndarray, block_names: set
     return bpw
 
 
+def rotated_copy(src: Path, dst: Path) -> Path:
+    """The float model src with its residual stream rotated (seed 0)."""
+    return dst if dst.exists() else rotation.save_rotated(open_packed(src), dst, seed=0)
+
+
 def run_llama(args) -> None:
     results = Results(args.workdir / "llama.jsonl")
     keep = args.workdir / "smollm2-q4_1.eqm"
     if not keep.exists():
         convert(GGUF, keep)
-    ref_path = float_copy(keep, args.workdir / "smollm2-float.eqm")
+    float_path = float_copy(keep, args.workdir / "smollm2-float.eqm")
+    ref_path = rotated_copy(float_path, args.workdir / "smollm2-float-rotated.eqm") if args.rotate else float_path
     model = edgeq.load(ref_path)
     tokens = llama_tokens(model)
     eval_ids = data.evaluation_tokens(tokens, args.eval_tokens)
@@ -185,15 +196,21 @@ def run_llama(args) -> None:
     groups = driver.input_groups(packed.config)
     block_names = {n for g in groups for n in g.layers}
 
+    def named(name):
+        """The row's name with what this run changes about it."""
+        if args.rotate and name not in ("float reference", CONTROL):
+            name += " [rotated]"
+        return name + (" [float eval]" if args.float_eval and name != "float reference" else "")
+
     def score(name, path, **extra):
+        name = named(name)
         if args.float_eval and name != "float reference":
-            name += " [float eval]"
             extra["eval"] = "dequantized weights, float activations"
         if name in results or not wanted(args, name):
             return
         t0 = time.perf_counter()
         tensors = open_packed(path)
-        if args.float_eval:
+        if args.float_eval and name != "float reference":
             # the norms too: AWQ and SmoothQuant fold their input scales into them
             norms = {n: np.asarray(tensors[n], np.float32) for n in tensors
                      if n.startswith("blk.") and n.endswith("norm.weight")}
@@ -208,14 +225,15 @@ def run_llama(args) -> None:
                      "tokens": r.tokens, "file_mb": Path(path).stat().st_size / 1e6,
                      "eval_s": round(time.perf_counter() - t0, 1), **extra})
 
-    score("float reference", ref_path, method="float", type="float32")
-    score("Q4_1 import (int4 g32 asym, control)", keep, method="import", type="int4", group=32)
+    score("float reference", float_path, method="float", type="float32")
+    score(CONTROL, keep, method="import", type="int4", group=32)
 
     stats = None
     floats = {n: np.asarray(packed[n]) for n in packed}
     exact = open_packed(keep)
     # fair size: the linear layers start from float, every other tensor keeps the source's type
-    sources = {n: floats[n] if n in block_names else exact[n] for n in packed}
+    sources = {n: exact[n] if n not in block_names and n in exact and isinstance(exact[n], QTensor) else floats[n]
+               for n in packed}
 
     samples = data.calibration_samples(tokens, args.samples, args.seq_len, 0)
 
@@ -231,7 +249,7 @@ def run_llama(args) -> None:
         return stats
 
     def quantized(name, recipe, **extra):
-        if name in results or not wanted(args, name):
+        if named(name) in results or not wanted(args, named(name)):
             return
         t0 = time.perf_counter()
         needs = any(recipe.for_layer(n).algorithm in ("gptq", "awq") for n in block_names)
@@ -260,7 +278,7 @@ def run_llama(args) -> None:
         budget = min(nominal, bpw[name])
         base = recipe("int4", 64, "gptq+")
         key = f"mixed gptq+ <= {budget:.4f} bpw (vs {name})"
-        if key not in results and wanted(args, key):
+        if named(key) not in results and wanted(args, named(key)):
             t0 = time.perf_counter()
             units = [(n,) for g in groups for n in g.layers]
             sizes, errors = mixed.relative_errors(floats, get_stats(), units)
@@ -269,7 +287,7 @@ def run_llama(args) -> None:
                       type="int2..int4")
     for budget in args.probed_budgets:
         key = f"mixed-probed gptq+ <= {budget:.4f} bpw"
-        if key not in results and wanted(args, key):
+        if named(key) not in results and wanted(args, named(key)):
             t0 = time.perf_counter()
             units = [(n,) for g in groups for n in g.layers]
             sizes, errors = probed_sensitivities(args, model, samples, floats, get_stats, units)
@@ -289,7 +307,7 @@ def probed_sensitivities(args, model, samples, floats, get_stats, units):
     distributions, probe grid int2 g96 here) on --probe-windows windows of the calibration
     samples, as `edgeq quantize --allocation probed` computes them; cached in WORKDIR as JSON
     (sizes, errors)."""
-    path = args.workdir / f"probed-{args.samples}x{args.seq_len}-w{args.probe_windows}.json"
+    path = args.workdir / f"probed-{args.samples}x{args.seq_len}-w{args.probe_windows}{'-rotated' * args.rotate}.json"
     if path.exists():
         saved = json.loads(path.read_text())
         return saved["sizes"], saved["errors"]
@@ -402,6 +420,8 @@ def main(argv=None) -> int:
                     help="score rows with their block weights dequantized into the float model (float "
                          "activations; ~25x faster where the runtime has no native int2/int3 kernel); "
                          "such rows are named '... [float eval]'")
+    ap.add_argument("--rotate", action="store_true",
+                    help="quantize the reference with its residual stream rotated (rows '... [rotated]')")
     ap.add_argument("--only", action="append", default=[], metavar="PATTERN",
                     help="compute only the rows whose names match (fnmatch; repeatable)")
     args = ap.parse_args(argv)
