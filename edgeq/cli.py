@@ -235,12 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-n", type=int, default=256, help="default texts to use (default 256)")
     q.set_defaults(run=cmd_eval_embed_sim)
 
-    p = sub.add_parser("quantize", help="post-training quantization (RTN, GPTQ, AWQ, HQQ, mixed precision)")
+    p = sub.add_parser("quantize",
+                       help="post-training quantization (RTN, GPTQ, AWQ, HQQ, SmoothQuant, mixed precision)")
     p.add_argument("src", help="a .gguf file, a Hugging Face folder or a float .eqm")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--recipe", default=None, help="a YAML or JSON recipe; the options below change it")
     p.add_argument("--qtype", choices=("int8", "int4", "int3", "int2", "ternary", "binary", "pow2"), default=None)
-    p.add_argument("--algo", choices=("rtn", "gptq", "awq", "hqq"), default=None)
+    p.add_argument("--algo", choices=("rtn", "gptq", "awq", "hqq", "smoothquant"), default=None)
     p.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE",
                    help="an algorithm parameter, repeatable (values as JSON: true, 0.05, ...), e.g. "
                         "--algo gptq --param act_order=true --param grid_search=true")

@@ -20,7 +20,7 @@ from edgeq.calibrate.grid import Grid
 from edgeq.calibrate.hqq import hqq
 from edgeq.calibrate.mixed import allocate, probed_errors, relative_errors, sensitivities
 from edgeq.calibrate.recipe import (AWQParams, CalibrationSettings, GPTQParams, HQQParams, Override,
-                                    Recipe, RotationConfig, WeightConfig)
+                                    Recipe, RotationConfig, SmoothQuantParams, WeightConfig)
 from edgeq.calibrate.rtn import rtn
 from edgeq.calibrate.smoothquant import smooth
 from edgeq.calibrate.stats import InputStats, output_error
@@ -482,6 +482,9 @@ def test_recipe_round_trips_through_json_yaml_and_files(tmp_path):
     ('{"overrides": {"pattern": "*"}}', FormatError, "overrides"),
     ('{"calibration": {"samples": 0}}', FormatError, "recipe.calibration"),
     ('{"rotation": {"mode": "spin"}}', FormatError, "recipe.rotation"),
+    ('{"weights": {"algorithm": "smoothquant", "params": {"alpha": 2}}}', FormatError, "recipe.weights.params: alpha"),
+    ('{"weights": {"algorithm": "smoothquant", "params": {"alpha": "high"}}}', FormatError,
+     "recipe.weights.params.alpha"),
     ('{"rotation": {"seed": "a"}}', FormatError, "recipe.rotation.seed"),
     ('{"colour": 1}', FormatError, "colour"),
     ('{"version": 2}', UnsupportedError, "version"),
@@ -628,7 +631,7 @@ def test_awq_folding_keeps_the_float_model(tmp_path):
     stats = driver.collect_stats(model, samples, groups)
     recipe = Recipe(WeightConfig("int3", 32, True, "awq"))
     floats = {name: np.array(packed[name]) for name in packed}
-    _, scaled = driver.apply_awq_scales(floats, stats, recipe, groups)
+    _, scaled = driver.apply_input_scales(floats, stats, recipe, groups)
     assert scaled == set(stats)
     changed = [name for name in packed if not np.array_equal(floats[name], packed[name])]
     assert "blk.0.attn_norm.weight" in changed and "blk.0.ffn_norm.weight" in changed
@@ -656,7 +659,7 @@ def test_quantize_packed_end_to_end(tmp_path):
     assert out["blk.1.attn_v.weight"].spec == Grid("int4", 32, False).spec
     assert out["blk.0.ffn_down.weight"].qtype == "int3" and out["blk.1.ffn_gate.weight"].qtype == "int8"
     assert isinstance(out["token_embd.weight"], np.ndarray)  # not a linear layer of a block
-    awq_layers = {r.name for r in reports if r.awq_scaled}
+    awq_layers = {r.name for r in reports if r.scaled}
     assert awq_layers == {"blk.1.attn_q.weight", "blk.1.attn_k.weight", "blk.1.attn_v.weight"}
     assert all(r.error is not None and r.error > 0 for r in reports)  # every layer was calibrated
     reference = LlamaModel(open_packed(src)).logits(samples[0])
@@ -685,7 +688,7 @@ def test_driver_on_a_tiny_bert(tmp_path):
     assert np.array_equal(model.embed_ids(rows), reference)
     recipe = Recipe(WeightConfig("int4", 16, True, "awq"))
     floats = {name: np.array(packed[name]) for name in packed}
-    _, scaled = driver.apply_awq_scales(floats, stats, recipe, groups)
+    _, scaled = driver.apply_input_scales(floats, stats, recipe, groups)
     assert scaled == {"blk.0.attn_output.weight", "blk.1.attn_output.weight"}
     v_rows = slice(2 * dim, 3 * dim)
     assert not np.array_equal(floats["blk.0.attn_qkv.weight"][v_rows], packed["blk.0.attn_qkv.weight"][v_rows])
@@ -990,3 +993,116 @@ def test_rotation_is_refused_for_bert_and_rotated_models(minilm_slice, tmp_path)
     with pytest.raises(UnsupportedError, match="already rotated"):
         edgeq.calibrate.quantize(once, tmp_path / "q.eqm", qtype="int8", rotation="hadamard")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["once.eqm", "tiny.eqm"]
+
+
+# --- SmoothQuant as a recipe algorithm (driver.apply_input_scales) -------------------------------
+def test_smoothquant_folding_keeps_the_float_model(tmp_path):
+    """Every group of a tiny llama without GQA has a fold target: its layers' columns become
+    W * s with s = smooth(absmax, weights, alpha), the folds W / s, and the float model's
+    logits stay the same; a group with one rtn layer is left unscaled."""
+    path = tiny_llama(tmp_path / "tiny.eqm", n_kv_heads=4)
+    packed = open_packed(path)
+    model = LlamaModel(packed, kv_dtype="float32")
+    samples = np.random.default_rng(40).integers(0, 50, (4, 24))
+    groups = driver.input_groups(packed.config)
+    stats = driver.collect_stats(model, samples, groups)
+    recipe = Recipe(WeightConfig("int8", None, True, "smoothquant", SmoothQuantParams(alpha=0.8)),
+                    overrides=(Override("blk.1.attn_k.weight", algorithm="rtn"),))
+    floats = {name: np.array(packed[name]) for name in packed}
+    inputs, scaled = driver.apply_input_scales(floats, stats, recipe, groups)
+    qkv = ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
+    s = smooth(stats[qkv[0]].absmax, [packed[n] for n in qkv], alpha=0.8).factors
+    assert not np.allclose(s, 1)  # the salient channel 5 of blk.0's attn_norm is worth moving
+    assert np.array_equal(floats["blk.0.attn_q.weight"], packed["blk.0.attn_q.weight"] * s)
+    assert np.array_equal(floats["blk.0.attn_norm.weight"], packed["blk.0.attn_norm.weight"] / s)
+    assert np.allclose(inputs[qkv[0]].absmax, stats[qkv[0]].absmax / s)
+    assert scaled == set(stats) - {"blk.1.attn_q.weight", "blk.1.attn_k.weight", "blk.1.attn_v.weight"}
+    assert np.array_equal(floats["blk.1.attn_norm.weight"], packed["blk.1.attn_norm.weight"])
+    folded = LlamaModel(open_packed(save(tmp_path / "folded.eqm", floats, config=packed.config)),
+                        kv_dtype="float32")
+    ids = samples[0]
+    reference = model.logits(ids)
+    assert np.allclose(folded.logits(ids), reference, atol=1e-4 * np.abs(reference).max())
+
+
+def test_cli_smoothquant_w8a8_on_a_smollm2_slice(smollm2_slice, tmp_path, capsys):
+    out = tmp_path / "sq.eqm"
+    calib = smollm2_slice.parent / "calib.txt"
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(out), "--qtype", "int8", "--group-size", "0",
+                     "--algo", "smoothquant", "--param", "alpha=0.8", "--samples", "4", "--seq-len", "32",
+                     "--calib", str(calib), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[5] for line in table.splitlines() if line.startswith("blk.0.")}
+    assert rows["blk.0.attn_q"] == rows["blk.0.ffn_down"] == "smoothquant+s"
+    assert rows["blk.0.attn_output"] == "smoothquant"  # grouped-query attention: no fold into v
+    packed, src = open_packed(out), open_packed(smollm2_slice)
+    recipe = Recipe.from_json(packed.metadata["recipe"])
+    assert recipe.weights == WeightConfig("int8", None, True, "smoothquant", SmoothQuantParams(alpha=0.8))
+    assert packed["blk.0.attn_q.weight"].qtype == "int8" and packed["blk.0.attn_q.weight"].spec.granularity == "row"
+    # the norm before q/k/v holds exactly the 1/s that the calibration's maxima give
+    model = edgeq.load(smollm2_slice)
+    samples = driver.calibration_samples(model, recipe.calibration)
+    groups = driver.input_groups(src.config)[:1]
+    stats = driver.collect_stats(model, samples, groups)
+    s = smooth(stats[groups[0].layers[0]].absmax, [src[n] for n in groups[0].layers], alpha=0.8).factors
+    norm, norm_src = np.asarray(packed["blk.0.attn_norm.weight"]), np.asarray(src["blk.0.attn_norm.weight"])
+    assert np.allclose(norm, norm_src / s, rtol=1e-5) and not np.allclose(norm, norm_src, rtol=1e-2)
+    assert np.allclose(packed["blk.0.attn_q.weight"].dequantize(), src["blk.0.attn_q.weight"] * s,
+                       atol=np.abs(src["blk.0.attn_q.weight"] * s).max() / 127)
+    ids = np.arange(100, 140)
+    want, got = model.logits(ids), edgeq.load(out).logits(ids)
+    assert np.isfinite(got).all()
+    cos = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+    assert cos.min() > 0.99, cos
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(tmp_path / "bad.eqm"), "--qtype", "int8",
+                     "--algo", "smoothquant", "--param", "alpha=2", "--no-progress"]) == 2
+    assert "alpha" in capsys.readouterr().err and not (tmp_path / "bad.eqm").exists()
+
+
+def test_python_smoothquant_on_a_minilm_slice(minilm_slice, tmp_path):
+    """BERT's one fold target is attn_output's input (1/s into the v rows of attn_qkv); the
+    other layers are int8 rounded to nearest unscaled. Embeddings stay close to the float slice."""
+    from test_bert import TEXTS
+
+    reference = tmp_path / "float.eqm"
+    edgeq.converters.convert.convert(minilm_slice, reference)
+    out = tmp_path / "sq.eqm"
+    summary = edgeq.calibrate.quantize(minilm_slice, out, qtype="int8", group_size=0, algorithm="smoothquant",
+                                       samples=8, seq_len=32)
+    assert {r.name for r in summary.reports if r.scaled} == {"blk.0.attn_output.weight"}
+    assert "smoothquant+s" in summary.table()
+    assert summary.recipe.weights == WeightConfig("int8", None, True, "smoothquant", SmoothQuantParams(0.5))
+    want, got = edgeq.load(reference).embed(TEXTS), edgeq.load(out).embed(TEXTS)
+    cos = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+    assert cos.min() > 0.99, cos
+
+
+def test_smoothquant_recipes_and_mixing_with_awq(tmp_path):
+    sq = Recipe(WeightConfig("int8", None, True, "smoothquant", SmoothQuantParams(alpha=0.75)),
+                overrides=(Override("*.ffn_*", qtype="ternary", algorithm="smoothquant"),))
+    assert Recipe.from_json(json.loads(json.dumps(sq.to_json()))) == sq and Recipe.from_yaml(sq.to_yaml()) == sq
+    # smoothquant rounds to nearest after its scaling: any qtype, ungrouped too
+    assert sq.for_layer("blk.0.ffn_up.weight") == WeightConfig("ternary", None, True, "smoothquant",
+                                                               SmoothQuantParams(0.75))
+    assert Recipe.from_yaml("weights: {algorithm: smoothquant, qtype: int4}").weights.params.alpha == 0.5
+    for alpha in (0.0, 1.0):
+        assert SmoothQuantParams(alpha).alpha == alpha
+    with pytest.raises(ValueError, match="alpha"):
+        SmoothQuantParams(float("nan"))
+    assert build_recipe(None, algorithm="smoothquant", params={"alpha": 0.9}).weights.params == SmoothQuantParams(0.9)
+    with pytest.raises(FormatError, match="alpha"):
+        build_recipe(None, algorithm="smoothquant", params={"alpha": -0.1})
+    packed = open_packed(tiny_llama(tmp_path / "tiny.eqm"))
+    groups = driver.input_groups(packed.config)
+    stats = {name: InputStats.from_inputs(np.ones((2, 128 if "down" in name else 64))) for g in groups
+             for name in g.layers}
+    floats = {name: np.array(packed[name]) for name in packed}
+    mixed = Recipe(WeightConfig("int4", 32, True, "smoothquant"),
+                   overrides=(Override("blk.1.ffn_up.weight", algorithm="awq"),))
+    with pytest.raises(UnsupportedError, match="blk.1.ffn_gate.weight, blk.1.ffn_up.weight"):
+        driver.apply_input_scales(floats, stats, mixed, groups)
+    two_alphas = Recipe(WeightConfig("int8", None, True, "smoothquant"),
+                        overrides=(Override("blk.0.attn_k.weight", algorithm="smoothquant",
+                                            params=SmoothQuantParams(0.9)),))
+    with pytest.raises(UnsupportedError, match="alpha"):
+        driver.apply_input_scales(floats, stats, two_alphas, groups)

@@ -62,16 +62,16 @@ class QuantizeSummary:
 
     def table(self) -> str:
         """The per-layer summary: type, bits per weight, algorithm, relative output error."""
-        header = f"{'layer':<28} {'type':<16} {'bits':>6} {'algorithm':<9} {'rel. error':>10}"
+        header = f"{'layer':<28} {'type':<16} {'bits':>6} {'algorithm':<13} {'rel. error':>10}"
         lines = [header, "-" * len(header)]
         for r in self.reports:
             c = r.config
             kind = f"{c.qtype} {'g' + str(c.group_size) if c.group_size else 'row'} " \
                    f"{'sym' if c.symmetric else 'asym'}"
             err = "-" if r.relative_error is None else f"{r.relative_error:.3e}"
-            algo = c.algorithm + ("+s" if r.awq_scaled else "")
+            algo = c.algorithm + ("+s" if r.scaled else "")
             bpw = "-" if r.bits_per_weight is None else f"{r.bits_per_weight:.3f}"
-            lines.append(f"{r.name.removesuffix('.weight'):<28} {kind:<16} {bpw:>6} {algo:<9} {err:>10}")
+            lines.append(f"{r.name.removesuffix('.weight'):<28} {kind:<16} {bpw:>6} {algo:<13} {err:>10}")
         size = self.path.stat().st_size
         lines.append(f"{len(self.reports)} linear layers, {self.bits_per_weight:.3f} bits per weight; "
                      f"{self.path} {size / 2**20:.1f} MiB")

@@ -6,21 +6,28 @@ statistics, and quantize its weights by a Recipe, block by block.
     recipe, reports = quantize_packed(src, dst, recipe, bits=3.5)    both, for a whole .eqm file
 
 Input groups (input_groups): the linear layers of a block that read the same input, in
-forward order, with the tensors AWQ's 1/s can be folded into (tensor[first + j] /= s_j):
+forward order, with the tensors the 1/s of input scaling (AWQ, SmoothQuant) can be folded into
+(tensor[first + j] /= s_j):
 
     llama / qwen2   q, k, v       <- blk.i.attn_norm.weight (RMSNorm: n / s is norm weight / s)
                     attn_output   <- rows of blk.i.attn_v (+ bias) when n_heads == n_kv_heads
                                      (with grouped-query attention one v row serves several
-                                     output channels, which AWQ may not scale alike: no fold)
+                                     output channels, which s may not scale alike: no fold)
                     gate, up      <- blk.i.ffn_norm.weight
                     ffn_down      <- rows of blk.i.ffn_up (silu(g) * u / s = silu(g) * (u / s))
     bert            qkv, up, down: no fold (post-norm: the LayerNorm output is also the
                     residual; down follows GELU)
                     attn_output   <- the v rows of blk.i.attn_qkv (+ bias)
 
-Per layer, recipe.for_layer(name) picks the algorithm. AWQ scales a group only when every
-layer of the group uses awq and the group has fold targets; the scaled layers then get AWQ's
-clipping search on the scaled inputs, other awq layers the clipping search alone.
+Per layer, recipe.for_layer(name) picks the algorithm. Input scaling (apply_input_scales)
+applies to a group only when every layer of the group uses one scaling algorithm and the group
+has fold targets:
+    awq          s searched by AWQ; the scaled layers then get AWQ's clipping search on the
+                 scaled inputs, awq layers of other groups the clipping search alone
+    smoothquant  s = smooth(absmax, weights, alpha) (smoothquant.py); every smoothquant layer is
+                 then rounded to nearest, those of other groups unscaled
+A group mixing awq and smoothquant layers is refused (its layers share one s). The reports say
+which layers were scaled (LayerReport.scaled).
 
 Capture (until the models expose a hook): each linear weight the model multiplies is swapped,
 for the duration of the pass, for a float32 ndarray subclass (_Recording) whose matmul
@@ -48,6 +55,7 @@ from edgeq.calibrate.gptq import gptq
 from edgeq.calibrate.grid import Grid
 from edgeq.calibrate.hqq import hqq
 from edgeq.calibrate.recipe import Recipe, WeightConfig
+from edgeq.calibrate.smoothquant import smooth
 from edgeq.calibrate.stats import InputStats, output_error
 from edgeq.errors import UnsupportedError
 from edgeq.qtypes import QTensor, quantize
@@ -238,7 +246,7 @@ class LayerReport:
     name: str
     config: WeightConfig
     error: float | None  # ||X W^T - X Q^T||^2 on the calibration rows (None without statistics)
-    awq_scaled: bool = False
+    scaled: bool = False  # its input channels were scaled (awq, smoothquant) with 1/s folded before it
     relative_error: float | None = None  # error / ||X W^T||^2
     bits_per_weight: float | None = None  # of the stored tensor, scales included
 
@@ -250,12 +258,12 @@ class QuantizeResult:
 
 
 def _needs_stats(config: WeightConfig) -> bool:
-    return config.algorithm in ("gptq", "awq")
+    return config.algorithm in ("gptq", "awq", "smoothquant")
 
 
 def _quantize_layer(w: np.ndarray, config: WeightConfig, stats: InputStats | None) -> QTensor:
     p = config.params
-    if config.algorithm == "rtn":
+    if config.algorithm in ("rtn", "smoothquant"):  # smoothquant's scaling is already folded in
         return quantize(w, config.qtype, group_size=config.group_size, symmetric=config.symmetric)
     grid = Grid(config.qtype, config.group_size, config.symmetric)
     if config.algorithm == "hqq":
@@ -267,28 +275,37 @@ def _quantize_layer(w: np.ndarray, config: WeightConfig, stats: InputStats | Non
     return awq([w], stats, grid, n_grid=1, clip=p.clip, max_shrink=p.max_shrink).qtensors[0]
 
 
-def apply_awq_scales(floats: dict[str, np.ndarray], stats: Mapping[str, InputStats], recipe: Recipe,
-                     groups: Sequence[InputGroup]) -> tuple[dict[str, InputStats], set[str]]:
-    """Search AWQ's s for every group whose layers all use awq and that has fold targets;
-    scale those layers' columns by s and divide the fold targets by s, in `floats` (float32
-    copies, changed in place). Returns the input statistics as the layers now see them and the
+#: the algorithms that scale a group's input channels (weights * s, 1/s folded into the group's folds)
+SCALING = ("awq", "smoothquant")
+
+
+def apply_input_scales(floats: dict[str, np.ndarray], stats: Mapping[str, InputStats], recipe: Recipe,
+                       groups: Sequence[InputGroup]) -> tuple[dict[str, InputStats], set[str]]:
+    """Scale the input channels of every group whose layers all use one scaling algorithm and
+    that has fold targets: s is AWQ's searched scales ("awq") or SmoothQuant's factors
+    smooth(absmax, weights, alpha) ("smoothquant"); those layers' columns are multiplied by s
+    and the fold targets divided by s, in `floats` (float32 copies, changed in place).
+    Returns the input statistics as the layers now see them (InputStats.scaled(s)) and the
     names of the scaled layers. The float model computes the same function after this (up to
-    float rounding)."""
+    float rounding). A group mixing awq and smoothquant layers raises UnsupportedError; other
+    groups are left as they are (their awq / smoothquant layers are quantized unscaled)."""
     inputs = dict(stats)
     scaled: set[str] = set()
     for group in groups:  # forward order: a fold into an earlier group's rows comes after it was scaled
         configs = [recipe.for_layer(name) for name in group.layers]
-        if not group.folds or any(c.algorithm != "awq" for c in configs):
+        algorithms = {c.algorithm for c in configs}
+        if len(algorithms & set(SCALING)) > 1:
+            raise UnsupportedError(f"layers {', '.join(group.layers)} read one input, so they share its scales; "
+                                   f"they cannot mix {' and '.join(SCALING)}: give them one of the two")
+        algorithm = algorithms.pop() if len(algorithms) == 1 else None
+        if algorithm not in SCALING:
             continue
-        grids = {Grid(c.qtype, c.group_size, c.symmetric) for c in configs}
-        if len(grids) > 1:
-            raise UnsupportedError(f"AWQ layers {group.layers} share an input but not a type: {grids}")
-        p = configs[0].params
-        found = awq([floats[n] for n in group.layers], stats[group.layers[0]], grids.pop(),
-                    n_grid=p.n_grid, clip=False, max_shrink=p.max_shrink)
-        s = found.scales
-        log.info("AWQ %s: alpha %.2f, output error %.4g -> %.4g", group.layers, found.alpha,
-                 found.rtn_error, found.error)
+        if not group.folds:
+            log.info("%s %s: no tensor to fold 1/s into; not scaled", algorithm, group.layers)
+            continue
+        weights = [floats[n] for n in group.layers]
+        find = _awq_scales if algorithm == "awq" else _smooth_scales
+        s = find(group, configs, weights, stats[group.layers[0]])
         for name in group.layers:
             floats[name] = floats[name] * s
             inputs[name] = stats[name].scaled(s)
@@ -299,13 +316,36 @@ def apply_awq_scales(floats: dict[str, np.ndarray], stats: Mapping[str, InputSta
     return inputs, scaled
 
 
+def _awq_scales(group: InputGroup, configs: Sequence[WeightConfig], weights: Sequence[np.ndarray],
+                stats: InputStats) -> np.ndarray:
+    """AWQ's searched scales for one group of awq layers (they must share one grid)."""
+    grids = {Grid(c.qtype, c.group_size, c.symmetric) for c in configs}
+    if len(grids) > 1:
+        raise UnsupportedError(f"AWQ layers {group.layers} share an input but not a type: {grids}")
+    p = configs[0].params
+    found = awq(weights, stats, grids.pop(), n_grid=p.n_grid, clip=False, max_shrink=p.max_shrink)
+    log.info("AWQ %s: alpha %.2f, output error %.4g -> %.4g", group.layers, found.alpha,
+             found.rtn_error, found.error)
+    return found.scales
+
+
+def _smooth_scales(group: InputGroup, configs: Sequence[WeightConfig], weights: Sequence[np.ndarray],
+                   stats: InputStats) -> np.ndarray:
+    """SmoothQuant's factors for one group of smoothquant layers (they must share one alpha)."""
+    alphas = {c.params.alpha for c in configs}
+    if len(alphas) > 1:
+        raise UnsupportedError(f"SmoothQuant layers {group.layers} share an input but not an alpha: {alphas}")
+    return smooth(stats.absmax, weights, alphas.pop()).factors
+
+
 def quantize_tensors(tensors: Mapping[str, object], stats: Mapping[str, InputStats], recipe: Recipe,
                      groups: Sequence[InputGroup], *,
                      on_layer: Callable[[str], None] | None = None) -> QuantizeResult:
-    """Quantize the layers of `groups` by `recipe`; AWQ scales fold into the named tensors.
+    """Quantize the layers of `groups` by `recipe`; AWQ and SmoothQuant scales fold into the
+    named tensors (apply_input_scales).
 
     tensors: name -> float array or QTensor (QTensors are dequantized first); stats: from
-    collect_stats (needed for gptq and awq layers). Tensors not in any group pass through.
+    collect_stats (needed for gptq, awq and smoothquant layers). Tensors not in any group pass through.
     on_layer(name) is called after each layer (progress).
     """
     for group in groups:
@@ -315,7 +355,7 @@ def quantize_tensors(tensors: Mapping[str, object], stats: Mapping[str, InputSta
                 raise ValueError(f"layer {name!r} uses {config.algorithm} but has no calibration statistics")
     out = dict(tensors)
     floats = {name: _float(out[name]).copy() for g in groups for name in g.layers + tuple(t for t, _ in g.folds)}
-    inputs, scaled = apply_awq_scales(floats, stats, recipe, groups)
+    inputs, scaled = apply_input_scales(floats, stats, recipe, groups)
     reports = []
     for group in groups:
         for name in group.layers:

@@ -6,21 +6,29 @@ to_json() is the dict stored in the .eqm header's metadata, so every file says h
 
     version: 1
     weights:                      # the default for every layer
-      qtype: int4                 # rtn: any edgeq qtype; gptq / awq / hqq: int4, int3, int2
-      group_size: 32              # null: the type's default granularity (rtn only)
+      qtype: int4                 # rtn, smoothquant: any edgeq qtype; gptq / awq / hqq: int4, int3, int2
+      group_size: 32              # null: the type's default granularity (rtn, smoothquant only)
       symmetric: true
-      algorithm: gptq             # rtn | gptq | awq | hqq
+      algorithm: gptq             # rtn | gptq | awq | hqq | smoothquant
       params: {damp: 0.01, act_order: true, grid_search: true}   # missing keys take defaults
     overrides:                    # in order; every matching one applies, later ones win
       - pattern: "*.mlp.down_proj"
         qtype: int8               # fields left out are inherited
         group_size: null
         algorithm: rtn
+      - pattern: "*.ffn_*"      # W8A8: int8 per row after SmoothQuant's input scaling
+        qtype: int8
+        group_size: null
+        algorithm: smoothquant
+        params: {alpha: 0.5}
     calibration: {source: pydoc, samples: 64, seq_len: 512, seed: 0}
     activations: {mode: dynamic}  # or {mode: static, observer: percentile, granularity: block}
     rotation: {mode: none}        # or {mode: hadamard, seed: 0}: llama-family decoders
 
 An override that changes the algorithm without giving params gets that algorithm's defaults.
+smoothquant (edgeq.calibrate.smoothquant) scales an input group's weights by s (folding 1/s into
+the tensor before them, as AWQ does) and then rounds to nearest like rtn, so it takes any qtype;
+its one parameter is alpha in [0, 1], how much of the activations' range moves into the weights.
 activations (optional, default dynamic): "static" stores calibrated int8 input scales for every
 linear layer in the file (edgeq.calibrate.static), one per block of `block` input channels
 (granularity "block") or one per layer ("tensor"), from the chosen observer (observers.py).
@@ -76,8 +84,20 @@ class HQQParams:
     optimize_scale: Union[bool, None] = None
 
 
-Params = Union[RTNParams, GPTQParams, AWQParams, HQQParams]
-PARAMS: dict[str, type] = {"rtn": RTNParams, "gptq": GPTQParams, "awq": AWQParams, "hqq": HQQParams}
+@dataclass(frozen=True)
+class SmoothQuantParams:
+    alpha: float = 0.5  # s_j = max|x_j|**alpha / max|W[:, j]|**(1 - alpha)
+
+    def __post_init__(self):
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
+
+
+Params = Union[RTNParams, GPTQParams, AWQParams, HQQParams, SmoothQuantParams]
+PARAMS: dict[str, type] = {"rtn": RTNParams, "gptq": GPTQParams, "awq": AWQParams, "hqq": HQQParams,
+                           "smoothquant": SmoothQuantParams}
+#: the algorithms that round to nearest on any edgeq qtype (the others search int4 / int3 / int2 grids)
+ANY_QTYPE = ("rtn", "smoothquant")
 
 
 @dataclass(frozen=True)
@@ -97,7 +117,7 @@ class WeightConfig:
             object.__setattr__(self, "params", PARAMS[self.algorithm]())
         elif type(self.params) is not PARAMS[self.algorithm]:
             raise ValueError(f"{type(self.params).__name__} given for algorithm {self.algorithm!r}")
-        if self.algorithm != "rtn" and (self.qtype not in BITS or self.group_size is None):
+        if self.algorithm not in ANY_QTYPE and (self.qtype not in BITS or self.group_size is None):
             raise UnsupportedError(f"{self.algorithm} quantizes to {', '.join(BITS)} with a group size, "
                                    f"not {self.qtype} (group size {self.group_size})")
 

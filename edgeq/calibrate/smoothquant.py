@@ -13,7 +13,9 @@ them on. A channel whose activation or weight maximum is 0 keeps s_j = 1 (nothin
 balance); other maxima are floored at `floor` (1e-5, as in the paper's code).
 
 Folding: divide the preceding norm's weight (and bias) by s, or the preceding linear's output
-rows; the smoothed weights then go to any weight quantizer.
+rows; the smoothed weights then go to any weight quantizer. As a recipe algorithm
+("smoothquant", recipe.SmoothQuantParams(alpha)) the driver does both for every input group
+with a fold target (driver.apply_input_scales) and rounds the smoothed weights to nearest.
 """
 
 from __future__ import annotations

@@ -49,8 +49,10 @@ MiniLM (bert part)
                 50,000 characters (inside the evaluation region; calibration windows come from
                 the second half of the token stream)
     rows        int4 g32 symmetric RTN / GPTQ / AWQ / HQQ / gptq+, W8A8 dynamic (int8 per-row weights, int8
-                activations per token and block of 32) and W8A8 static (calibrated activation
-                scales stored in the file, edgeq.calibrate.static)
+                activations per token and block of 32), W8A8 SmoothQuant (the same with
+                SmoothQuant's alpha 0.5 scaling where BERT has a fold target: attn_output's
+                input, 1/s folded into the v rows of attn_qkv) and W8A8 static (calibrated
+                activation scales stored in the file, edgeq.calibrate.static)
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ import numpy as np
 
 import edgeq
 from edgeq.calibrate import data, driver, mixed, probe, rotation
-from edgeq.calibrate.recipe import CalibrationSettings, GPTQParams, Recipe, WeightConfig
+from edgeq.calibrate.recipe import CalibrationSettings, GPTQParams, Recipe, SmoothQuantParams, WeightConfig
 from edgeq.converters.convert import convert
 from edgeq.eval import perplexity_of_ids
 from edgeq.format import open_packed, save
@@ -380,6 +382,8 @@ def run_bert(args) -> None:
     quantized("int4 g32 sym gptq+ (act order, grid search)", Recipe(WeightConfig("int4", 32, True, "gptq", GPTQ_BEST)))
     w8 = WeightConfig("int8", None, True, "rtn")
     quantized("W8A8 dynamic (per token, blocks of 32)", Recipe(w8))
+    quantized("W8A8 SmoothQuant (alpha 0.5)", Recipe(WeightConfig("int8", None, True, "smoothquant",
+                                                                   SmoothQuantParams(alpha=0.5))))
     for observer in ("minmax", "percentile"):  # "mse" is as good here and 20x slower
         quantized(f"W8A8 static ({observer})",
                   Recipe(w8, activations=static.ActivationConfig("static", observer)))
