@@ -22,6 +22,7 @@ from edgeq.calibrate.mixed import allocate, probed_errors, relative_errors, sens
 from edgeq.calibrate.recipe import (AWQParams, CalibrationSettings, GPTQParams, HQQParams, Override,
                                     Recipe, RotationConfig, SmoothQuantParams, WeightConfig)
 from edgeq.calibrate.rtn import rtn
+from edgeq.calibrate.similarity import describe
 from edgeq.calibrate.smoothquant import smooth
 from edgeq.calibrate.stats import InputStats, output_error
 from edgeq.cli import main as cli_main
@@ -974,6 +975,7 @@ def test_cli_rotated_gptq_on_a_smollm2_slice(smollm2_slice, tmp_path, capsys):
     assert packed.config["residual_rotation"] is True
     assert Recipe.from_json(packed.metadata["recipe"]).rotation == RotationConfig("hadamard", 0)
     assert np.all(np.asarray(packed["blk.0.attn_norm.weight"]) == 1)
+    assert describe(out)[0] == "gptq int4 g32, hadamard-rotated"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rotated.eqm"]
     ids = np.arange(100, 140)
     want = edgeq.load(smollm2_slice).logits(ids)
