@@ -17,7 +17,9 @@ typedef struct {
 static forward_layout layout_of(const eq_llama_model *m, int64_t rows, int64_t end)
 {
     int64_t d = m->dim, qw = m->n_heads * m->head_dim, kvw = m->n_kv * m->head_dim,
-            f = m->ffn_dim, widest = d > f ? d : f, fl = (int64_t)sizeof(float);
+            f = m->ffn_dim, fl = (int64_t)sizeof(float),
+            swiglu = eq_step_swiglu_work(f, m->ffn_signs, m->ffn_mix, m->ffn_mix_n),
+            widest = d > swiglu ? d : swiglu;   /* the steps' one-row scratch */
     forward_layout l;
     size_t at = 0;
     l.attn_floats = eq_step_attend_work(rows, m->n_heads, m->n_kv, m->head_dim, end);
@@ -65,7 +67,8 @@ static int valid_model(const eq_llama_model *m)
     if (!m || !m->blocks || !m->output_norm || m->n_layers <= 0 || m->dim <= 0 ||
         m->n_heads <= 0 || m->n_kv <= 0 || m->n_heads % m->n_kv || m->head_dim <= 0 ||
         m->ffn_dim <= 0 || m->rope_dim < 0 || m->rope_dim % 2 || m->rope_dim > m->head_dim ||
-        m->block_dim <= 0 || m->block_q <= 0 || m->block_ffn <= 0)
+        m->block_dim <= 0 || m->block_q <= 0 || m->block_ffn <= 0 ||
+        eq_step_swiglu_work(m->ffn_dim, m->ffn_signs, m->ffn_mix, m->ffn_mix_n) < 0)
         return 0;
     int64_t d = m->dim, qw = m->n_heads * m->head_dim, kvw = m->n_kv * m->head_dim,
             f = m->ffn_dim;
@@ -235,8 +238,9 @@ int eq_llama_forward(const eq_llama_model *m, const eq_llama_cache *cache, float
         STEP(eq_step_norm_quantize(x, o, rows, d, b->ffn_norm, m->eps, bd, xq_d, xs_d, row), i, 2);
         MATMUL(project(b->gate_up, 2, gate_up_widths, xq_d, xs_d, rows, bd, gate_up, part,
                        stride, threads));
-        STEP(eq_step_swiglu_quantize(part[0], stride[0], part[1], stride[1], rows, f, bf, xq_f,
-                                     xs_f, row), i, 3);
+        STEP(eq_step_swiglu_quantize(part[0], stride[0], part[1], stride[1], rows, f, bf,
+                                     m->ffn_signs, m->ffn_mix, m->ffn_mix_n, xq_f, xs_f, row),
+             i, 3);
         MATMUL(eq_gemm_q8(b->down, xq_f, xs_f, rows, bf, delta, threads));
     }
     int64_t r0 = rows - out_rows;

@@ -8,7 +8,7 @@
  *   x += delta (the previous block's MLP output; none for block 0); rmsnorm * attn_norm -> q8
  *   q | k | v = W_qkv . (+ bias); RoPE, k, v into the cache; attention -> q8
  *   o = W_o . ;  x += o; rmsnorm * ffn_norm -> q8
- *   gate | up = W_gate_up . ;  silu(gate) * up -> q8
+ *   gate | up = W_gate_up . ;  silu(gate) * up (turned by H_f if the model has it) -> q8
  *   delta = W_down .
  * then x += delta; rmsnorm * output_norm -> q8; logits = W_out . for the last out_rows rows.
  * Every matrix takes the activation quantization block of its input (block_dim, block_q,
@@ -42,6 +42,10 @@ typedef struct {
     const eq_qmatrix *output;           /* (vocab, dim) */
     const float *unrotation;            /* (dim, dim) R^T of a rotated residual stream, or NULL
                                            (eq_step_unrotate before output_norm) */
+    const float *ffn_signs, *ffn_mix;   /* ffn_down's input rotation H_f: (ffn_dim,), (ffn_mix_n,
+                                           ffn_mix_n), as eq_step_swiglu_quantize takes it;
+                                           NULL, NULL, 0: none */
+    int64_t ffn_mix_n;
 } eq_llama_model;
 
 /* A float16 KV cache, as bits: keys (n_layers, n_kv, n_blocks, hd, key_block), values

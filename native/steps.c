@@ -356,21 +356,100 @@ EQ_STEP_CLONES static void silu_times(const float *restrict g, const float *rest
     EQ_LANES(i, n, out[i] = g[i] / (1.0f + out[i]) * u[i]);
 }
 
+/* ---- the rotation of ffn_down's input (a Walsh-Hadamard transform per chunk, then a mix) -- */
+
+/* (lo[i], hi[i]) = (lo[i] + hi[i], lo[i] - hi[i]) */
+EQ_STEP_CLONES static void butterflies(float *restrict lo, float *restrict hi, int64_t n)
+{
+    EQ_LANES(i, n, { float a = lo[i]; float b = hi[i]; lo[i] = a + b; hi[i] = a - b; });
+}
+
+/* x[i] *= s[i] */
+EQ_STEP_CLONES static void times(float *restrict x, const float *restrict s, int64_t n)
+{
+    EQ_LANES(i, n, x[i] *= s[i]);
+}
+
+/* x[i] *= c */
+EQ_STEP_CLONES static void scale(float *restrict x, float c, int64_t n)
+{
+    EQ_LANES(i, n, x[i] *= c);
+}
+
+int64_t eq_step_swiglu_work(int64_t f, const float *signs, const float *mix, int64_t mix_n)
+{
+    if (f <= 0)
+        return EQ_STEP_EARGS;
+    if (!signs && !mix && mix_n == 0)
+        return f;
+    if (!signs || !mix || mix_n <= 0 || f % mix_n || (f / mix_n) & (f / mix_n - 1))
+        return EQ_STEP_EARGS;
+    return 2 * f;
+}
+
+/* The spans 1, 2 and 4 of the transform on each group of 8 values of x (n,), n a multiple
+ * of 8. Every output is the same sums of the same values as span by span (a butterfly needs
+ * only its pair, so the order among pairs changes no bits); one group at a time here, where
+ * a call per pair of a small span would cost more than its two operations. */
+static void spans_1_2_4(float *x, int64_t n)
+{
+    for (int64_t g = 0; g < n; g += 8) {
+        float *v = x + g;
+        float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
+        float a4 = v[4] + v[5], a5 = v[4] - v[5], a6 = v[6] + v[7], a7 = v[6] - v[7];
+        float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
+        float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
+        v[0] = b0 + b4; v[1] = b1 + b5; v[2] = b2 + b6; v[3] = b3 + b7;
+        v[4] = b0 - b4; v[5] = b1 - b5; v[6] = b2 - b6; v[7] = b3 - b7;
+    }
+}
+
+/* out (f,) = y H_f (steps.h), y (f,) overwritten. */
+static void rotate_row(float *y, const float *signs, const float *mix, int64_t m, int64_t f,
+                       float *out)
+{
+    int64_t p = f / m, first = 1;
+    times(y, signs, f);
+    if (p >= 8) {
+        spans_1_2_4(y, f);
+        first = 8;
+    }
+    for (int64_t a = 0; a < m; a++) {
+        float *chunk = y + a * p;
+        /* hot loop: the butterflies, span by span */
+        for (int64_t span = first; span < p; span *= 2)
+            for (int64_t i = 0; i < p; i += 2 * span)
+                butterflies(chunk + i, chunk + i + span, span);
+    }
+    scale(y, (float)(1.0 / sqrt((double)p)), f);
+    memset(out, 0, (size_t)f * sizeof(float));
+    for (int64_t to = 0; to < m; to++)
+        for (int64_t a = 0; a < m; a++)
+            add_scaled(out + to * p, mix[a * m + to], y + a * p, p);
+}
+
 /* ---- SwiGLU ------------------------------------------------------------------------------ */
 
 int eq_step_swiglu_quantize(const float *gate, int64_t gate_stride, const float *up,
                             int64_t up_stride, int64_t rows, int64_t f, int64_t block,
-                            int8_t *xq, float *xs, float *work)
+                            const float *signs, const float *mix, int64_t mix_n, int8_t *xq,
+                            float *xs, float *work)
 {
-    if (rows < 0 || f <= 0 || block <= 0 || f % block || gate_stride < f || up_stride < f)
+    if (rows < 0 || block <= 0 || eq_step_swiglu_work(f, signs, mix, mix_n) < 0 ||
+        f % block || gate_stride < f || up_stride < f)
         return EQ_STEP_EARGS;
     int finite = 1;
     for (int64_t t = 0; t < rows; t++) {
         const float *g = gate + t * gate_stride, *u = up + t * up_stride;
+        float *h = work;
         for (int64_t j = 0; j < f; j++)   /* the C library's expf, one value at a time */
             work[j] = expf(-g[j]);
         silu_times(g, u, work, f);
-        finite &= eq_step_quantize_row(work, f, block, xq + t * f, xs + t * (f / block));
+        if (signs) {
+            rotate_row(work, signs, mix, mix_n, f, work + f);
+            h = work + f;
+        }
+        finite &= eq_step_quantize_row(h, f, block, xq + t * f, xs + t * (f / block));
     }
     return finite;
 }

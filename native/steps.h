@@ -53,10 +53,21 @@ int eq_step_attend_quantize(const float *q, int64_t q_stride, const float *k, in
                             int64_t capacity, int64_t block, int8_t *xq, float *xs, float *work,
                             int64_t work_len, int32_t threads);
 
-/* silu(gate) * up of each row (rows, f), row strides given -> xq (rows, f), xs. work: f
- * floats. */
+/* Floats of scratch eq_step_swiglu_quantize needs: f, or 2 f with the rotation; EQ_STEP_EARGS
+ * when the rotation's arguments are inconsistent (see there). */
+int64_t eq_step_swiglu_work(int64_t f, const float *signs, const float *mix, int64_t mix_n);
+
+/* silu(gate) * up of each row (rows, f), row strides given -> h, then, with a rotation (signs
+ * and mix not NULL), h -> h H_f (ffn_down's input rotation; NULL, NULL, 0 for none), then
+ * h -> xq (rows, f), xs. H_f = diag(signs) (mix (x) H_p / sqrt(p)): signs (f,) of +-1, mix
+ * (mix_n, mix_n) row-major, p = f / mix_n a power of two, H_p the Sylvester Hadamard matrix.
+ * In float32, in this order: y = h * signs; in each chunk y[a p .. a p + p) a fast
+ * Walsh-Hadamard transform, stages of span s = 1, 2, .., p/2, each pair (i, i + s) of a span
+ * becoming (y_i + y_{i+s}, y_i - y_{i+s}); y *= (float)(1 / sqrt(p)); out[a' p + b] = sum over
+ * a in order of y[a p + b] * mix[a][a'] (from 0). work: eq_step_swiglu_work floats. */
 int eq_step_swiglu_quantize(const float *gate, int64_t gate_stride, const float *up,
                             int64_t up_stride, int64_t rows, int64_t f, int64_t block,
-                            int8_t *xq, float *xs, float *work);
+                            const float *signs, const float *mix, int64_t mix_n, int8_t *xq,
+                            float *xs, float *work);
 
 #endif

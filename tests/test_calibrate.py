@@ -1108,3 +1108,24 @@ def test_smoothquant_recipes_and_mixing_with_awq(tmp_path):
                                             params=SmoothQuantParams(0.9)),))
     with pytest.raises(UnsupportedError, match="alpha"):
         driver.apply_input_scales(floats, stats, two_alphas, groups)
+
+
+def test_rotated_smoothquant_keeps_the_float_model(tmp_path):
+    """With the ffn rotation ffn_down reads h H_f, not h: 1/s cannot fold into ffn_up's rows, so
+    that group has no fold; the rotated, smoothed float model is still the original function."""
+    from edgeq.calibrate.rotation import save_rotated
+    path = tiny_llama(tmp_path / "tiny.eqm", n_kv_heads=4)
+    rotated = open_packed(save_rotated(open_packed(path), tmp_path / "rotated.eqm"))
+    folds = {g.layers[0]: g.folds for g in driver.input_groups(rotated.config)}
+    assert folds["blk.0.ffn_down.weight"] == () and folds["blk.0.ffn_gate.weight"]
+    samples = np.random.default_rng(41).integers(0, 50, (4, 24))
+    groups = driver.input_groups(rotated.config)
+    stats = driver.collect_stats(LlamaModel(rotated, kv_dtype="float32"), samples, groups)
+    floats = {name: np.array(rotated[name]) for name in rotated}
+    recipe = Recipe(WeightConfig("int8", None, True, "smoothquant", SmoothQuantParams(alpha=0.8)))
+    _, scaled = driver.apply_input_scales(floats, stats, recipe, groups)
+    assert "blk.0.ffn_gate.weight" in scaled and "blk.0.ffn_down.weight" not in scaled
+    smoothed = LlamaModel(open_packed(save(tmp_path / "smoothed.eqm", floats, config=rotated.config)),
+                          kv_dtype="float32")
+    reference = LlamaModel(open_packed(path), kv_dtype="float32").logits(samples[0])
+    np.testing.assert_allclose(smoothed.logits(samples[0]), reference, atol=1e-4 * np.abs(reference).max())

@@ -127,15 +127,16 @@ def tiny_model(tmp_path: Path, seed: int = 0, qtype: str | None = None, **overri
 
 
 def rotated_tiny_model(tmp_path: Path, qtype: str | None = None, **overrides) -> tuple[Path, dict, dict]:
-    """tiny_model's float weights with the residual stream rotated (edgeq.calibrate.rotation),
-    then quantized like tiny_model; returns the path and the *unrotated* config and weights."""
+    """tiny_model's float weights with the residual stream and ffn_down's input rotated
+    (edgeq.calibrate.rotation), then quantized like tiny_model; returns the path and the
+    *unrotated* config and weights."""
     from edgeq.calibrate.rotation import rotate_llama
     _, c, w = tiny_model(tmp_path, **overrides)
     turned = {**w, **rotate_llama(w, c, seed=3)}
     stored = {n: edgeq.quantize(a, qtype, group_size=16) if qtype and a.ndim == 2 and "rotation" not in n else a
               for n, a in turned.items()}
     path = tmp_path / f"tiny-rotated-{qtype}.eqm"
-    edgeq.save(path, stored, config={**c, "residual_rotation": True})
+    edgeq.save(path, stored, config={**c, "residual_rotation": True, "ffn_rotation": True})
     return path, c, w
 
 
@@ -170,7 +171,7 @@ def test_rotated_model_computes_the_same_function(tmp_path, variant):
     path, c, w = rotated_tiny_model(tmp_path, **VARIANTS[variant])
     ids = [3, 17, 5, 39, 0, 22, 8, 8, 11, 2]
     m = edgeq.load(path, kv_dtype="float32")
-    assert m.rotation is not None
+    assert m.rotation is not None and m.ffn_rotation is not None
     want = reference_logits(c, w, ids)
     np.testing.assert_allclose(m.logits(ids), want, rtol=0, atol=REFERENCE_ATOL * np.abs(want).max())
 
@@ -189,11 +190,27 @@ def test_residual_rotation_must_be_orthogonal(tmp_path):
     edgeq.save(path, missing, config=packed.config)
     with pytest.raises(FormatError, match="residual_rotation.weight"):
         edgeq.load(path)
+    # ffn_down's input rotation: signs exactly +-1 (ffn_dim,), mix orthogonal (3, 3) (48 = 16 x 3)
+    signs, mix = tensors["ffn_rotation.signs"], tensors["ffn_rotation.mix"]
+    assert signs.shape == (48,) and mix.shape == (3, 3)
+    for name, bad, match in [("ffn_rotation.signs", signs * 0.5, "only \\+1 and -1"),
+                             ("ffn_rotation.signs", np.where(signs > 0, np.nan, signs), "only"),
+                             ("ffn_rotation.signs", signs[:16], "shape"),
+                             ("ffn_rotation.mix", mix * 1.01, "not orthogonal"),
+                             ("ffn_rotation.mix", np.eye(4, dtype=np.float32), "shape"),
+                             ("ffn_rotation.mix", np.full((3, 3), np.inf, np.float32), "not orthogonal")]:
+        edgeq.save(path, {**tensors, name: bad}, config=packed.config)
+        with pytest.raises(FormatError, match=f"{name}.*{match}|{match}.*{name}"):
+            edgeq.load(path)
+    for name in ("ffn_rotation.signs", "ffn_rotation.mix"):
+        edgeq.save(path, {n: a for n, a in tensors.items() if n != name}, config=packed.config)
+        with pytest.raises(FormatError, match=name):
+            edgeq.load(path)
 
 
-@pytest.mark.parametrize("qtype", [None, "int8", "int4"])
-def test_decode_equals_prompt_in_any_split(tmp_path, qtype):
-    path, _, _ = tiny_model(tmp_path, qtype=qtype)
+@pytest.mark.parametrize("qtype, rotated", [(None, False), ("int8", False), ("int4", False), ("int4", True)])
+def test_decode_equals_prompt_in_any_split(tmp_path, qtype, rotated):
+    path, _, _ = (rotated_tiny_model if rotated else tiny_model)(tmp_path, qtype=qtype)
     m = edgeq.load(path)
     ids = [3, 17, 5, 39, 0, 22, 8, 8, 11, 2]
     full = m.logits(ids)
@@ -318,11 +335,12 @@ def test_step_quantization_is_the_reference_rule(blocks, block, seed, spread):
     assert not s.quantize_row(h, block, q, scales)
 
 
-@pytest.mark.parametrize("qtype", ["int8", "int4"])
-def test_fast_path_matches_the_numpy_path(tmp_path, qtype):
+@pytest.mark.parametrize("qtype, rotated", [("int8", False), ("int4", False), ("int8", True)])
+def test_fast_path_matches_the_numpy_path(tmp_path, qtype, rotated):
     """The Numba steps compute the numpy path's formulas: same logits up to float rounding
-    (sums in another order, so int8 activations may round a step apart now and then)."""
-    path, _, _ = tiny_model(tmp_path, qtype=qtype)
+    (sums in another order, so int8 activations may round a step apart now and then); with
+    the rotations too (rotate_ffn_rows against the steps' rotate_row)."""
+    path, _, _ = (rotated_tiny_model if rotated else tiny_model)(tmp_path, qtype=qtype)
     fast, plain = edgeq.load(path), edgeq.load(path, fused_steps=False)
     assert fast.fast_path and not plain.fast_path
     assert not edgeq.load(path, kv_dtype="int8").fast_path
@@ -469,6 +487,42 @@ def test_native_swiglu_quantize_is_the_numba_step(rows, f, spread, strided, seed
         np.testing.assert_array_equal(got, want)
 
 
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 3), f=st.sampled_from([8, 64, 48, 40, 1536]), spread=st.floats(1e-3, 200),
+       strided=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_native_swiglu_rotation_is_the_numba_step(rows, f, spread, strided, seed):
+    """ffn_down's input rotation inside the SwiGLU step (f = 8, 64: m = 1; 48, 40, 1536:
+    m = 3, 5, 3): the same bits in C and Numba, and within half a quantization step (plus
+    float rounding) of silu(gate) * up times the dense H_f, as rotate_ffn_rows computes it."""
+    from edgeq.calibrate.rotation import hadamard_factors, hadamard_rotation
+    from edgeq.models.llama import rotate_ffn_rows, silu
+    native, numba = _both_steps()
+    if __import__("numba").config.USING_SVML:
+        pytest.skip("Numba uses SVML's exp")
+    rng = np.random.default_rng(seed)
+    both = _values(rng, (rows, 2 * f), spread)
+    gate, up = both[:, :f], both[:, f:]
+    signs, mix, _ = hadamard_factors(f, seed)
+    signs, mix = signs.astype(np.float32), mix.astype(np.float32)
+    out = []
+    for steps, g, u in ((native, gate, up), (numba, gate.copy(), up.copy())):
+        if not strided:
+            g, u = g.copy(), u.copy()
+        xq, xs = np.empty((rows, f), np.int8), np.empty((rows, f // 8), np.float32)
+        assert steps.swiglu_quantize(g, u, 8, xq, xs, signs, mix)
+        out.append((xq, xs))
+    for got, want in zip(*out):
+        np.testing.assert_array_equal(got, want)
+    with np.errstate(over="ignore"):  # exp(-gate) overflows to inf for very negative gates: silu 0
+        h = silu(gate) * up
+    dense = h.astype(np.float64) @ hadamard_rotation(f, seed)
+    tol = 1e-5 * np.abs(dense).max()
+    np.testing.assert_allclose(rotate_ffn_rows(h, signs, mix), dense, rtol=0, atol=tol)
+    xq, xs = out[0]
+    step = np.repeat(xs, 8, axis=1)
+    assert np.all(np.abs(xq * step - dense) <= 0.5 * step * (1 + 1e-6) + tol)
+
+
 def _attend_args(rng, n_kv, group, hd, rope_dim, neox, start, rows, key_block, spread):
     """Arguments of attend_quantize with a cache already holding positions [0, start)."""
     width = n_kv * group * hd
@@ -570,6 +624,11 @@ def test_native_steps_check_their_arguments():
                  (x, x.astype(np.float16), 8, xq, xs)]:
         with pytest.raises(ValueError):
             native.swiglu_quantize(*args)
+    signs, mix = np.ones(8, np.float32), np.eye(1, dtype=np.float32)
+    for rotation in [(signs, None), (None, mix), (signs[:4], mix), (signs, np.eye(3, dtype=np.float32)),
+                     (signs, np.ones((1, 2), np.float32)), (signs, mix.astype(np.float64))]:
+        with pytest.raises(ValueError):
+            native.swiglu_quantize(x, x, 8, xq, xs, *rotation)
 
 
 @pytest.mark.parametrize("variant", ["llama", "qwen2-biases-neox-untied", "partial-rope-scaled", "rotated"])

@@ -14,7 +14,8 @@ forward order, with the tensors the 1/s of input scaling (AWQ, SmoothQuant) can 
                                      (with grouped-query attention one v row serves several
                                      output channels, which s may not scale alike: no fold)
                     gate, up      <- blk.i.ffn_norm.weight
-                    ffn_down      <- rows of blk.i.ffn_up (silu(g) * u / s = silu(g) * (u / s))
+                    ffn_down      <- rows of blk.i.ffn_up (silu(g) * u / s = silu(g) * (u / s)),
+                                     unless the model's ffn_rotation turns ffn_down's input first
     bert            qkv, up, down: no fold (post-norm: the LayerNorm output is also the
                     residual; down follows GELU)
                     attn_output   <- the v rows of blk.i.attn_qkv (+ bias)
@@ -94,7 +95,7 @@ def _llama_groups(c: Mapping) -> list[InputGroup]:
             InputGroup(i, (b + "attn_output.weight",),
                        v_folds if c["n_heads"] == c["n_kv_heads"] and q_rows else ()),
             InputGroup(i, (b + "ffn_gate.weight", b + "ffn_up.weight"), ((b + "ffn_norm.weight", 0),)),
-            InputGroup(i, (b + "ffn_down.weight",), ((b + "ffn_up.weight", 0),)),
+            InputGroup(i, (b + "ffn_down.weight",), () if c.get("ffn_rotation") else ((b + "ffn_up.weight", 0),)),
         ]
     return groups
 

@@ -26,6 +26,12 @@ Config keys (the "config" object of the .eqm header, written by the converters):
                        turned by the orthogonal residual_rotation.weight R (dim, dim): each
                        embedded token is multiplied by R, the final hidden state by R^T before
                        output_norm (made by edgeq.calibrate.rotation, which rotates the blocks)
+    ffn_rotation       optional, default false; true: each ffn_down reads the SwiGLU output h
+                       (T, ffn_dim) turned by the orthogonal H_f = diag(s) (Q (x) H_p / sqrt(p))
+                       (its weights hold W_down H_f; edgeq.calibrate.rotation), which the runtime
+                       applies as h -> h H_f (rotate_ffn_rows: O(ffn_dim log ffn_dim) per row);
+                       p is the largest power of two dividing ffn_dim, H_p the Sylvester
+                       Hadamard matrix, m = ffn_dim / p
 
 Tensors (GGUF names; numpy shapes are (out_features, in_features)):
     token_embd.weight (vocab, dim), output_norm.weight (dim,), output.weight (vocab, dim) unless
@@ -34,7 +40,9 @@ Tensors (GGUF names; numpy shapes are (out_features, in_features)):
     attn_v.weight (n_kv_heads*head_dim, dim), attn_output.weight (dim, n_heads*head_dim),
     ffn_norm.weight (dim,), ffn_gate.weight and ffn_up.weight (ffn_dim, dim),
     ffn_down.weight (dim, ffn_dim), attn_{q,k,v}.bias if has_qkv_bias,
-    residual_rotation.weight (dim, dim) float if residual_rotation.
+    residual_rotation.weight (dim, dim) float if residual_rotation; ffn_rotation.signs
+    (ffn_dim,) float, every value exactly +1 or -1 (s), and ffn_rotation.mix (m, m) float,
+    orthogonal (Q), if ffn_rotation.
 Matrices are QTensors (multiplied by edgeq.linear: integer kernels) or float arrays (numpy
 matmul); 1-D tensors are float. A quantized embedding is dequantized row by row as tokens
 need it.
@@ -43,7 +51,8 @@ One block, as llama.cpp computes it:
     n = rmsnorm(x) * attn_norm
     x = x + Wo . attention(rope(Wq n + bq), rope(Wk n + bk), Wv n + bv)   causal, softmax
     m = rmsnorm(x) * ffn_norm
-    x = x + Wdown . (silu(Wgate m) * (Wup m))
+    x = x + Wdown . (silu(Wgate m) * (Wup m))          (the SwiGLU output times H_f first
+                                                         if ffn_rotation)
 and logits = Wout . (rmsnorm(x) * output_norm).
 """
 
@@ -108,6 +117,7 @@ class LlamaConfig:
     tied_embeddings: bool
     has_qkv_bias: bool
     residual_rotation: bool = False
+    ffn_rotation: bool = False
 
     @classmethod
     def from_dict(cls, config: dict, where: str = "config") -> "LlamaConfig":
@@ -185,6 +195,26 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (np.float32(1) + np.exp(-x))
 
 
+def rotate_ffn_rows(h: np.ndarray, signs: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """h (T, f) float32 -> h H_f, H_f = diag(signs) (mix (x) H_p / sqrt(p)), p = f / m a power
+    of two (mix (m, m)): the signs, a fast Walsh-Hadamard transform of each chunk of p values
+    (all rows and chunks at once, span by span), / sqrt(p), then the chunks mixed by mix. The
+    C and Numba steps compute the same in a fixed order (llama_steps.rotate_row); this agrees
+    with them to float rounding."""
+    t, f = h.shape
+    m = mix.shape[0]
+    p = f // m
+    y = h * signs
+    span = 1
+    while span < p:
+        pairs = y.reshape(t, m, p // (2 * span), 2, span)
+        lo, hi = pairs[..., 0, :], pairs[..., 1, :]
+        y = np.stack([lo + hi, lo - hi], axis=-2)
+        span *= 2
+    y = y.reshape(t, m, p) * np.float32(1.0 / np.sqrt(p))
+    return np.einsum("tab,ac->tcb", y, mix).reshape(t, f)
+
+
 class LlamaModel:
     """A llama-family decoder over the tensors of a PackedFile (views into its memory map).
 
@@ -238,6 +268,8 @@ class LlamaModel:
                                                                             b.ffn_norm)))
             if self._unrotation is not None:
                 self._pin(self._unrotation)
+            if self.ffn_rotation is not None:
+                self._pin(*self.ffn_rotation)
             if self.steps_backend == "native":
                 self._whole_pass = self._native_forward()
 
@@ -339,8 +371,9 @@ class LlamaModel:
             self._tensor(packed, "output.weight", (c.vocab_size, d))
         self.rotation = self._unrotation = None
         if c.residual_rotation:
-            self.rotation = self._rotation(packed)
+            self.rotation = self._orthogonal(packed, "residual_rotation.weight", d)
             self._unrotation = np.ascontiguousarray(self.rotation.T)
+        self.ffn_rotation = self._ffn_rotation(packed) if c.ffn_rotation else None
         self.blocks = []
         for i in range(c.n_layers):
             def t(suffix, shape, _i=i):
@@ -359,19 +392,27 @@ class LlamaModel:
             log.info("%s: %.1f MiB of weights copied out of the memory map (fused projections, "
                      "float16 matrices widened)", packed.path, self.repacked_bytes / 2**20)
 
-    def _rotation(self, packed) -> np.ndarray:
-        """residual_rotation.weight, checked to be a finite orthogonal float matrix."""
-        d = self.config.dim
-        r = self._tensor(packed, "residual_rotation.weight", (d, d))
+    def _orthogonal(self, packed, name: str, n: int) -> np.ndarray:
+        """Tensor `name` (n, n), checked to be a finite orthogonal float matrix (float32)."""
+        r = self._tensor(packed, name, (n, n))
         if isinstance(r, QTensor):
-            raise FormatError(f"{packed.path}: tensor 'residual_rotation.weight' must be a float array")
-        r = np.asarray(r, dtype=np.float32)
-        # R^T R v = v for a few random v: O(dim^2), where forming R^T R would be O(dim^3)
-        probe = np.random.default_rng(0).standard_normal((d, 4))
+            raise FormatError(f"{packed.path}: tensor {name!r} must be a float array")
+        r = np.ascontiguousarray(r, dtype=np.float32)
+        # R^T R v = v for a few random v: O(n^2), where forming R^T R would be O(n^3)
+        probe = np.random.default_rng(0).standard_normal((n, 4))
         r64 = r.astype(np.float64)
         if not np.isfinite(r).all() or np.abs(r64.T @ (r64 @ probe) - probe).max() > 1e-4 * np.abs(probe).max():
-            raise FormatError(f"{packed.path}: tensor 'residual_rotation.weight' is not orthogonal")
+            raise FormatError(f"{packed.path}: tensor {name!r} is not orthogonal")
         return r
+
+    def _ffn_rotation(self, packed) -> tuple[np.ndarray, np.ndarray]:
+        """(signs (ffn_dim,), mix (m, m)) float32 of ffn_down's input rotation, checked: signs
+        exactly +-1, mix orthogonal, m = ffn_dim / its largest power-of-two divisor."""
+        f = self.config.ffn_dim
+        signs = np.ascontiguousarray(self._tensor(packed, "ffn_rotation.signs", (f,)), dtype=np.float32)
+        if not np.all(np.abs(signs) == 1):
+            raise FormatError(f"{packed.path}: tensor 'ffn_rotation.signs' must hold only +1 and -1")
+        return signs, self._orthogonal(packed, "ffn_rotation.mix", f // (f & -f))
 
     def _fused(self, matrices: list) -> tuple:
         """Concatenate projections that read the same input, so one linear call (one
@@ -502,7 +543,10 @@ class LlamaModel:
             x = x + self._project(self._attention(heads[:, :c.n_heads], keys, values, start), b.wo)
             h = rms_norm(x, b.ffn_norm, c.rms_eps)
             gate_up = self._project_all(h, b.gate_up)               # (T, [gate | up])
-            x = x + self._project(silu(gate_up[:, :c.ffn_dim]) * gate_up[:, c.ffn_dim:], b.w_down)
+            h = silu(gate_up[:, :c.ffn_dim]) * gate_up[:, c.ffn_dim:]
+            if self.ffn_rotation is not None:
+                h = rotate_ffn_rows(h, *self.ffn_rotation)
+            x = x + self._project(h, b.w_down)
         cache.advance(t)
         if not all_logits:
             x = x[-1:]
@@ -514,8 +558,9 @@ class LlamaModel:
     def _forward_steps(self, ids: np.ndarray, cache: KVCache, cos: np.ndarray, sin: np.ndarray,
                        all_logits: bool) -> np.ndarray:
         """forward() through the fused steps (self._steps): per block, norm_quantize ->
-        q|k|v -> attend_quantize -> o -> norm_quantize -> gate|up -> swiglu_quantize -> down,
-        each activation quantized once into buffers shared by the whole pass."""
+        q|k|v -> attend_quantize -> o -> norm_quantize -> gate|up -> swiglu_quantize (and the
+        ffn rotation) -> down, each activation quantized once into buffers shared by the whole
+        pass."""
         c, steps, mm = self.config, self._steps, self._matmul
         t, start = ids.shape[0], cache.length
         d, qw, kvw = c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
@@ -525,6 +570,7 @@ class LlamaModel:
         xq_f, xs_f = np.empty((t, c.ffn_dim), np.int8), np.empty((t, c.ffn_dim // bf), np.float32)
         layers = self._cache_layers(cache)
         neox, eps = c.rope_type == "neox", c.rms_eps
+        signs, mix = self.ffn_rotation or (None, None)
         x = np.ascontiguousarray(self._embed(ids), dtype=np.float32)
         self._pin(x, xq_d, xs_d, xq_q, xs_q, xq_f, xs_f, cos, sin)
         delta = np.empty((0, d), np.float32)
@@ -556,7 +602,7 @@ class LlamaModel:
             (o,) = project(xq_q, xs_q, bq, (b.wo,), (d,))
             check(steps.norm_quantize(x, o, b.ffn_norm, eps, bd, xq_d, xs_d), f"block {i} residual")
             gate, up = project(xq_d, xs_d, bd, b.gate_up, (c.ffn_dim, c.ffn_dim))
-            check(steps.swiglu_quantize(gate, up, bf, xq_f, xs_f), f"block {i} MLP")
+            check(steps.swiglu_quantize(gate, up, bf, xq_f, xs_f, signs, mix), f"block {i} MLP")
             (delta,) = project(xq_f, xs_f, bf, (b.w_down,), (d,))
         cache.advance(t)
         rows = slice(0, t) if all_logits else slice(t - 1, t)

@@ -81,6 +81,10 @@ class NativeForward:
         m.blocks, m.output_norm = structs, keep.floats(model.output_norm)
         m.output = keep.matrix(model.output)
         m.unrotation = ffi.NULL if model._unrotation is None else keep.floats(model._unrotation)
+        m.ffn_signs, m.ffn_mix, m.ffn_mix_n = ffi.NULL, ffi.NULL, 0
+        if model.ffn_rotation is not None:
+            signs, mix = model.ffn_rotation
+            m.ffn_signs, m.ffn_mix, m.ffn_mix_n = keep.floats(signs), keep.floats(mix), mix.shape[0]
 
     def _cache(self, cache: KVCache):
         """The eq_llama_cache of a float16 cache shaped for this model, made once per cache."""

@@ -7,7 +7,8 @@ for why) as the Numba steps of edgeq.models.llama_steps, which document the form
     unrotate(x, delta, unrotation) -> None
     attend_quantize(q, k, v, start, cos, sin, rope_dim, neox, scale, keys, values, block,
                     xq, xs) -> bool
-    swiglu_quantize(gate, up, block, xq, xs) -> bool       (False: a value was not finite)
+    swiglu_quantize(gate, up, block, xq, xs, signs=None, mix=None) -> bool
+                                                  (False: a value was not finite)
 
 They are methods of NativeSteps, one per model, which owns the scratch memory the C code
 works in (nothing is allocated per call once it has grown to the largest call) and shares
@@ -183,18 +184,26 @@ class NativeSteps:
                                                  native_backend.threads())
         return self.finite(status)
 
-    def swiglu_quantize(self, gate, up, block, xq, xs) -> bool:
-        """silu(gate) * up of each row (T, ffn) -> xq, xs."""
+    def swiglu_quantize(self, gate, up, block, xq, xs, signs=None, mix=None) -> bool:
+        """silu(gate) * up of each row (T, ffn), turned by ffn_down's input rotation when signs
+        (ffn,) and mix (m, m) are given (ffn / m a power of two) -> xq, xs."""
         if not isinstance(gate, np.ndarray) or gate.ndim != 2:
             raise ValueError("gate must be a 2-D numpy array")
         t, f = shape = gate.shape
         block = self.block(block, f)
+        rotation = (ffi.NULL, ffi.NULL, 0)
+        if signs is not None or mix is not None:
+            m = mix.shape[0] if isinstance(mix, np.ndarray) and mix.ndim == 2 else 0
+            if not m or f % m or (f // m) & (f // m - 1):
+                raise ValueError(f"mix must be (m, m) with {f} / m a power of two")
+            rotation = (self._arg(signs, _F32, (f,), "signs"), self._arg(mix, _F32, (m, m), "mix"), m)
         args = (self._arg(gate, _F32, shape, "gate", rows=True), _row_stride(gate),
                 self._arg(up, _F32, shape, "up", rows=True), _row_stride(up), t, f, block,
-                self._arg(xq, _I8, shape, "xq", True),
+                *rotation, self._arg(xq, _I8, shape, "xq", True),
                 self._arg(xs, _F32, (t, f // block), "xs", True))
+        need = lib.eq_step_swiglu_work(f, *rotation)
         with self._lock:
-            status = lib.eq_step_swiglu_quantize(*args, self._row.get(f)[0])
+            status = lib.eq_step_swiglu_quantize(*args, self._row.get(need)[0])
         return self.finite(status)
 
 

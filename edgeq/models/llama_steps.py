@@ -8,7 +8,8 @@ of dozens of small numpy operations:
     unrotate         x += delta; x = x R^T (a rotated residual stream, before output_norm)
     attend_quantize  RoPE on q and k; k, v into the float16 KV cache; causal softmax
                      attention of q over the cache; the result -> int8 activations
-    swiglu_quantize  silu(gate) * up -> int8 activations
+    swiglu_quantize  silu(gate) * up (turned by ffn_down's input rotation, if any) -> int8
+                     activations
 
 Rules (the numpy path of edgeq.models.llama computes the same formulas; results agree to
 float rounding, not bit for bit):
@@ -29,6 +30,9 @@ float rounding, not bit for bit):
   0..p: q' = rope(q) * scale; score_i = sum_d k_i[d] q'[d] in d order (vectorized across
   positions i); softmax with the max subtracted, exp in float32, the sum in float64;
   out = sum_i (e_i / sum) v_i in i order.
+- ffn_down's input rotation (rotate_row): h * signs (exact), a Walsh-Hadamard transform of
+  each chunk of p values span by span, * float32(1 / sqrt(p)), then the chunks mixed, each
+  output summing over chunks in order in float32.
 
 The steps return False when a value to be quantized is not finite (the caller raises).
 
@@ -238,15 +242,60 @@ def _softmax(scores, n):
         scores[p] /= total32
 
 
+_NO_SIGNS, _NO_MIX = np.empty(0, np.float32), np.empty((0, 0), np.float32)   # no rotation
+
+
+def swiglu_quantize(gate, up, block, xq, xs, signs=None, mix=None):
+    """silu(gate) * up of each row (T, ffn) float32, turned by ffn_down's input rotation H_f
+    when signs (ffn,) and mix (m, m) are given (rotate_row), quantized into xq (T, ffn), xs."""
+    if signs is None:
+        signs, mix = _NO_SIGNS, _NO_MIX
+    return _swiglu_quantize(gate, up, block, xq, xs, signs, mix)
+
+
 @njit(cache=True)
-def swiglu_quantize(gate, up, block, xq, xs):
-    """silu(gate) * up of each row (T, ffn) float32, quantized into xq (T, ffn), xs."""
+def _swiglu_quantize(gate, up, block, xq, xs, signs, mix):
     t_rows, f = gate.shape
     a = np.empty(f, dtype=np.float32)
+    out = np.empty(f, dtype=np.float32)
     finite = True
     for t in range(t_rows):
         for j in range(f):
             g = gate[t, j]
             a[j] = g / (np.float32(1) + np.exp(-g)) * up[t, j]
-        finite &= quantize_row(a, block, xq[t], xs[t])
+        if signs.shape[0]:
+            rotate_row(a, signs, mix, out)
+            finite &= quantize_row(out, block, xq[t], xs[t])
+        else:
+            finite &= quantize_row(a, block, xq[t], xs[t])
     return finite
+
+
+@njit(cache=True)
+def rotate_row(y, signs, mix, out):
+    """out (f,) = y H_f, H_f = diag(signs) (mix (x) H_p / sqrt(p)), p = f / m a power of two;
+    y (f,) is overwritten. float32, in this order: y *= signs; per chunk of p, the fast
+    Walsh-Hadamard transform, spans 1, 2, .., p/2, pair (i, i + span) -> (sum, difference);
+    y *= float32(1 / sqrt(p)); out[a' p + b] = sum over a in order of y[a p + b] mix[a, a']."""
+    f, m = y.shape[0], mix.shape[0]
+    p = f // m
+    for j in range(f):
+        y[j] *= signs[j]
+    for c in range(0, f, p):
+        span = 1
+        while span < p:
+            for i in range(c, c + p, 2 * span):
+                for j in range(i, i + span):
+                    lo, hi = y[j], y[j + span]
+                    y[j] = lo + hi
+                    y[j + span] = lo - hi
+            span *= 2
+    inv = np.float32(1.0 / np.sqrt(np.float64(p)))
+    for j in range(f):
+        y[j] *= inv
+    out[:] = 0
+    for to in range(m):
+        for a in range(m):
+            w = mix[a, to]
+            for b in range(p):
+                out[to * p + b] += w * y[a * p + b]
