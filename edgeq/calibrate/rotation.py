@@ -26,9 +26,10 @@ Why: GPTQ spreads each column's rounding error over the columns still to come, w
 best when no column's weights dwarf the rest. Folding the norms gives some input channels
 weights 10-100x the others; the rotation mixes every channel into every other ("incoherence",
 Chee et al. 2023, "QuIP"). On SmolLM2-135M (weights only, 2040 held-out tokens) GPTQ int3 g64
-went from perplexity 47.9 to 28.5 with it, while round to nearest got worse (157 -> 562): the
-rotation is for GPTQ (tests/perf/calibration_quality.py --rotate has the full table). Turning
-ffn_down's input too (QuaRot's R4) took GPTQ int3 g64 from 28.5 to 26.2 (float evaluation).
+went from perplexity 47.9 to 28.5 with R and R_h and to 26.2 with H_f too (QuaRot's R4), while
+round to nearest got worse (157 -> 562): the rotation is for GPTQ. Mixed precision at 2.5
+bits per weight (GPTQ+, probed allocation, 16k tokens): 2550 unrotated (output-error
+allocation), 159 with R and R_h, 84 with H_f too (tests/perf/calibration_quality.py --rotate).
 
 R (hadamard): a random-signed Walsh-Hadamard matrix of the largest power of two dividing
 dim, Kronecker a random orthogonal matrix of the rest (576 = 64 x 9), from `seed`; it spreads
