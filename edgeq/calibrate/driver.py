@@ -55,7 +55,7 @@ from edgeq.calibrate.awq import awq
 from edgeq.calibrate.gptq import gptq
 from edgeq.calibrate.grid import Grid
 from edgeq.calibrate.hqq import hqq
-from edgeq.calibrate.recipe import Recipe, WeightConfig
+from edgeq.calibrate.recipe import ANY_QTYPE, Recipe, WeightConfig
 from edgeq.calibrate.smoothquant import smooth
 from edgeq.calibrate.stats import InputStats, output_error
 from edgeq.errors import UnsupportedError
@@ -264,7 +264,7 @@ def _needs_stats(config: WeightConfig) -> bool:
 
 def _quantize_layer(w: np.ndarray, config: WeightConfig, stats: InputStats | None) -> QTensor:
     p = config.params
-    if config.algorithm in ("rtn", "smoothquant"):  # smoothquant's scaling is already folded in
+    if config.algorithm in ANY_QTYPE:  # round to nearest (smoothquant's scaling is already folded in)
         return quantize(w, config.qtype, group_size=config.group_size, symmetric=config.symmetric)
     grid = Grid(config.qtype, config.group_size, config.symmetric)
     if config.algorithm == "hqq":

@@ -75,7 +75,11 @@ def hadamard_rotation(n: int, seed: int) -> np.ndarray:
     """An orthogonal float64 (n, n): diag(random signs) (Q (x) H / sqrt(2^k)), H the Sylvester
     Hadamard matrix of the largest 2^k dividing n, Q a random orthogonal (n / 2^k)
     (the factors of hadamard_factors)."""
-    signs, mix, power = hadamard_factors(n, seed)
+    return _dense(*hadamard_factors(n, seed))
+
+
+def _dense(signs: np.ndarray, mix: np.ndarray, power: int) -> np.ndarray:
+    """The matrix diag(signs) (mix (x) H / sqrt(power)) of hadamard_factors' factors."""
     h = np.ones((1, 1))
     while h.shape[0] < power:
         h = np.block([[h, h], [h, -h]])
@@ -107,8 +111,9 @@ def rotate_llama(tensors: Mapping[str, object], config: Mapping, seed: int = 0) 
 
     r = hadamard_rotation(d, seed)
     r_head = hadamard_rotation(hd, seed + 1)
-    signs, mix, _ = hadamard_factors(f, seed + 2)
-    r_ffn = hadamard_rotation(f, seed + 2)
+    ffn_factors = hadamard_factors(f, seed + 2)
+    signs, mix, _ = ffn_factors
+    r_ffn = _dense(*ffn_factors)
     out = {"residual_rotation.weight": r, "ffn_rotation.signs": signs, "ffn_rotation.mix": mix}
     for i in range(config["n_layers"]):
         b = f"blk.{i}."

@@ -194,14 +194,14 @@ class NativeSteps:
         rotation = (ffi.NULL, ffi.NULL, 0)
         if signs is not None or mix is not None:
             m = mix.shape[0] if isinstance(mix, np.ndarray) and mix.ndim == 2 else 0
-            if not m or f % m or (f // m) & (f // m - 1):
-                raise ValueError(f"mix must be (m, m) with {f} / m a power of two")
             rotation = (self._arg(signs, _F32, (f,), "signs"), self._arg(mix, _F32, (m, m), "mix"), m)
+        need = lib.eq_step_swiglu_work(f, *rotation)   # the C side's rule for the sizes
+        if need < 0:
+            raise ValueError(f"mix must be (m, m) with {f} / m a power of two")
         args = (self._arg(gate, _F32, shape, "gate", rows=True), _row_stride(gate),
                 self._arg(up, _F32, shape, "up", rows=True), _row_stride(up), t, f, block,
                 *rotation, self._arg(xq, _I8, shape, "xq", True),
                 self._arg(xs, _F32, (t, f // block), "xs", True))
-        need = lib.eq_step_swiglu_work(f, *rotation)
         with self._lock:
             status = lib.eq_step_swiglu_quantize(*args, self._row.get(need)[0])
         return self.finite(status)
