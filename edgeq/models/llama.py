@@ -195,6 +195,13 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (np.float32(1) + np.exp(-x))
 
 
+def rows_times(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """x (T, n) @ matrix (n, m), one row at a time: the same BLAS call whatever T, so a
+    position gets the same bits decoded alone or inside a prompt (a product of several rows
+    may round them differently)."""
+    return np.stack([row @ matrix for row in x]) if len(x) else x @ matrix
+
+
 def rotate_ffn_rows(h: np.ndarray, signs: np.ndarray, mix: np.ndarray) -> np.ndarray:
     """h (T, f) float32 -> h H_f, H_f = diag(signs) (mix (x) H_p / sqrt(p)), p = f / m a power
     of two (mix (m, m)): the signs, a fast Walsh-Hadamard transform of each chunk of p values
@@ -264,12 +271,9 @@ class LlamaModel:
         self._whole_pass = None
         if self.fast_path:
             self._matmul = self._matmul_kernels()
-            self._pin(self.output_norm, *(w for b in self.blocks for w in (b.attn_norm,
-                                                                            b.ffn_norm)))
-            if self._unrotation is not None:
-                self._pin(self._unrotation)
-            if self.ffn_rotation is not None:
-                self._pin(*self.ffn_rotation)
+            rotations = [a for a in (self._unrotation, *(self.ffn_rotation or ())) if a is not None]
+            self._pin(self.output_norm, *rotations,
+                      *(w for b in self.blocks for w in (b.attn_norm, b.ffn_norm)))
             if self.steps_backend == "native":
                 self._whole_pass = self._native_forward()
 
@@ -468,7 +472,7 @@ class LlamaModel:
         """float32 (T, dim) residual stream of token ids (turned by the rotation, if any)."""
         e = self.embedding
         x = take_rows(e, ids).dequantize() if isinstance(e, QTensor) else np.asarray(e[ids], dtype=np.float32)
-        return x if self.rotation is None else x @ self.rotation
+        return x if self.rotation is None else rows_times(x, self.rotation)
 
     def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
         """Rotate x (T, heads, head_dim) in place; cos, sin (T, 1, rope_dim/2)."""
@@ -551,7 +555,7 @@ class LlamaModel:
         if not all_logits:
             x = x[-1:]
         if self._unrotation is not None:
-            x = x @ self._unrotation
+            x = rows_times(x, self._unrotation)
         logits = self._project(rms_norm(x, self.output_norm, c.rms_eps), self.output)
         return logits if all_logits else logits[0]
 
