@@ -89,18 +89,20 @@ def cmd_chat(args) -> int:
 def cmd_eval_ppl(args) -> int:
     import edgeq
     from edgeq.cache import prepare
-    from edgeq.calibrate.similarity import describe
+    from edgeq.calibrate.similarity import describe, method_width
     from edgeq.eval import perplexity
     text = open(args.text, encoding="utf-8").read() if args.text else None
-    header = f"{'model':<32} {'method':<40} {'bits/w':>6} {'MiB':>7} {'tokens':>7} {'mean NLL':>9} {'ppl':>9}"
+    prepared = [prepare(source, {"context_length": args.ctx} if args.ctx else {}) for source in args.models]
+    described = [describe(path) for path, _ in prepared]
+    w = method_width([method for method, _ in described])
+    header = f"{'model':<32} {'method':<{w}} {'bits/w':>6} {'MiB':>7} {'tokens':>7} {'mean NLL':>9} {'ppl':>9}"
     print(header)
     print("-" * len(header))
-    for source in args.models:  # one row as soon as each model is scored
-        path, options = prepare(source, {"context_length": args.ctx} if args.ctx else {})
+    for source, (path, options), (method, bits) in zip(args.models, prepared, described):
+        # one row as soon as each model is scored
         result = perplexity(edgeq.load(path, **options), text, window=args.window, max_tokens=args.max_tokens)
-        method, bits = describe(path)
         bits_text = "float" if bits is None else f"{bits:.3f}"
-        print(f"{Path(source).name:<32} {method:<40} {bits_text:>6} {path.stat().st_size / 2**20:>7.1f} "
+        print(f"{Path(source).name:<32} {method:<{w}} {bits_text:>6} {path.stat().st_size / 2**20:>7.1f} "
               f"{result.tokens:>7d} {result.mean_nll:>9.5f} {result.ppl:>9.4f}", flush=True)
     return 0
 
@@ -190,6 +192,9 @@ def _add_sampling(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgeq.calibrate.driver import ALLOCATIONS
+    from edgeq.calibrate.recipe import PARAMS
+
     parser = argparse.ArgumentParser(prog="edgeq", description="Quantized models on the CPU, from Python.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what edgeq does")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -241,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--recipe", default=None, help="a YAML or JSON recipe; the options below change it")
     p.add_argument("--qtype", choices=("int8", "int4", "int3", "int2", "ternary", "binary", "pow2"), default=None)
-    p.add_argument("--algo", choices=("rtn", "gptq", "awq", "hqq", "smoothquant"), default=None)
+    p.add_argument("--algo", choices=tuple(PARAMS), default=None)
     p.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE",
                    help="an algorithm parameter, repeatable (values as JSON: true, 0.05, ...), e.g. "
                         "--algo gptq --param act_order=true --param grid_search=true")
@@ -249,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asymmetric", action="store_true", help="per-group mins (zero points)")
     p.add_argument("--bits", type=float, default=None,
                    help="bits-per-weight budget: mixed precision over the linear layers")
-    p.add_argument("--allocation", choices=("output-error", "probed"), default="output-error",
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="output-error",
                    help="how --bits is spread: each layer's relative output error (default), or "
                         "probed: the model's KL divergence with each layer alone at int2 (better; "
                         "one forward pass per layer; llama-family models)")

@@ -97,12 +97,19 @@ def embed_similarity(reference, models: Sequence, texts: Sequence[str] | None = 
     return rows
 
 
+def method_width(methods: Sequence[str]) -> int:
+    """Width of a table's method column: 40, or the longest method (a rotated mixed file's
+    "gptq int4 g64 asym (+210 overrides), hadamard-rotated" is longer)."""
+    return max([40, *map(len, methods)])
+
+
 def format_rows(rows: Sequence[SimilarityRow], n_texts: int) -> str:
-    header = f"{'model':<32} {'method':<40} {'bits/w':>6} {'MiB':>7} {'mean cos':>9} {'min cos':>8}"
+    w = method_width([r.method for r in rows])
+    header = f"{'model':<32} {'method':<{w}} {'bits/w':>6} {'MiB':>7} {'mean cos':>9} {'min cos':>8}"
     lines = [header, "-" * len(header)]
     for r in rows:
         bits = "float" if r.bits_per_weight is None else f"{r.bits_per_weight:.3f}"
-        lines.append(f"{r.path.name:<32} {r.method:<40} {bits:>6} {r.file_mib:>7.1f} "
+        lines.append(f"{r.path.name:<32} {r.method:<{w}} {bits:>6} {r.file_mib:>7.1f} "
                      f"{r.mean_cosine:>9.5f} {r.min_cosine:>8.5f}")
     lines.append(f"({n_texts} texts)")
     return "\n".join(lines)
