@@ -127,6 +127,7 @@ def cmd_quantize(args) -> int:
                            params=dict(args.param or ()),
                            symmetric=False if args.asymmetric else None, calib=args.calib,
                            samples=args.samples, seq_len=args.seq_len, seed=args.seed,
+                           sequential=True if args.sequential else None,
                            activations="static" if args.static_activations else None,
                            rotation="hadamard" if args.rotate else None)
     except (FormatError, UnsupportedError, FileNotFoundError):
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=None, help="calibration windows (recipe default 64)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per window (recipe default 512)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--sequential", action="store_true",
+                   help="calibrate each block on the outputs of the blocks already quantized "
+                        "(GPTQ's sequential variant; llama-family models)")
     p.add_argument("--static-activations", action="store_true",
                    help="store calibrated int8 input scales (BERT encoders)")
     p.add_argument("--rotate", action="store_true",

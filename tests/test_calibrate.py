@@ -1129,3 +1129,90 @@ def test_rotated_smoothquant_keeps_the_float_model(tmp_path):
                           kv_dtype="float32")
     reference = LlamaModel(open_packed(path), kv_dtype="float32").logits(samples[0])
     np.testing.assert_allclose(smoothed.logits(samples[0]), reference, atol=1e-4 * np.abs(reference).max())
+
+
+# --- sequential calibration (edgeq.calibrate.sequential) ---------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "awq"])
+def test_sequential_calibrates_each_block_on_the_quantized_blocks_before_it(tmp_path, algorithm):
+    """Block 0 is quantized as from the float model; block 1 exactly as from statistics of the
+    model whose block 0 is already quantized (AWQ's folds into the norms and v rows included);
+    the model is left as it was."""
+    from edgeq.calibrate import probe
+    from edgeq.calibrate.sequential import quantize_sequential
+
+    packed = open_packed(tiny_llama(tmp_path / "tiny.eqm", n_kv_heads=4))
+    model = LlamaModel(packed)
+    samples = np.random.default_rng(23).integers(0, 50, (3, 20))
+    groups = driver.input_groups(packed.config)
+    first, second = [g for g in groups if g.block == 0], [g for g in groups if g.block == 1]
+    tensors = {n: np.asarray(packed[n]) for n in packed}
+    recipe = Recipe(WeightConfig("int3", 32, False, algorithm))
+    before = model.logits(samples[0])
+
+    got = quantize_sequential(model, tensors, samples, recipe, groups)
+    assert [r.name for r in got.reports] == [n for g in groups for n in g.layers]
+    assert np.array_equal(model.logits(samples[0]), before)
+    block0 = driver.quantize_tensors(tensors, driver.collect_stats(model, samples, first), recipe, first).tensors
+    changed = {n for g in first for n in g.layers + tuple(t for t, _ in g.folds)}
+    undo = probe.swap_weights(model, {n: driver.float_weights(block0[n]) for n in changed})
+    try:
+        stats1 = driver.collect_stats(model, samples, second)
+    finally:
+        undo()
+    block1 = driver.quantize_tensors(block0, stats1, recipe, second).tensors
+    from_float = driver.quantize_tensors(tensors, driver.collect_stats(model, samples, groups), recipe, groups).tensors
+    for name in changed:
+        assert np.array_equal(driver.float_weights(got.tensors[name]), driver.float_weights(block0[name])), name
+    for g in second:
+        for name in g.layers:
+            assert np.array_equal(got.tensors[name].dequantize(), block1[name].dequantize()), name
+    assert any(not np.array_equal(got.tensors[n].dequantize(), from_float[n].dequantize())
+               for g in second for n in g.layers)
+
+
+def test_sequential_recipe_through_the_cli_and_its_refusal_for_bert(smollm2_slice, minilm_slice, tmp_path, capsys):
+    """One block: sequential calibration sees the float model's inputs, so it gives the same
+    file as the default; the recipe in the file says how it was made. BERT is refused before
+    anything is written."""
+    common = ["--qtype", "int3", "--algo", "gptq", "--group-size", "64", "--samples", "2", "--seq-len", "32",
+              "--calib", str(smollm2_slice.parent / "calib.txt"), "--no-progress"]
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(tmp_path / "seq.eqm"), "--sequential", *common]) == 0
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(tmp_path / "float.eqm"), *common]) == 0
+    seq, flat = open_packed(tmp_path / "seq.eqm"), open_packed(tmp_path / "float.eqm")
+    assert Recipe.from_json(seq.metadata["recipe"]).calibration.sequential is True
+    assert Recipe.from_json(flat.metadata["recipe"]).calibration.sequential is False
+    for name in (n for g in driver.input_groups(seq.config) for n in g.layers):
+        assert np.array_equal(seq[name].dequantize(), flat[name].dequantize()), name
+    capsys.readouterr()
+    with pytest.raises(UnsupportedError, match="sequential"):
+        edgeq.calibrate.quantize(minilm_slice, tmp_path / "bert.eqm", qtype="int4", algorithm="gptq",
+                                 sequential=True, samples=2, seq_len=16)
+    assert not (tmp_path / "bert.eqm").exists()
+    recipe = build_recipe(None, sequential=True)
+    assert Recipe.from_yaml(recipe.to_yaml()) == recipe and recipe.calibration.sequential
+
+
+def test_swap_weights_replaces_one_part_of_the_qkv_bias(tmp_path):
+    from edgeq.calibrate import probe
+
+    packed = open_packed(tiny_llama(tmp_path / "tiny.eqm"))
+    tensors = {n: np.asarray(packed[n]) for n in packed}
+    rng = np.random.default_rng(24)
+    for i in range(2):
+        for part, rows in (("q", 64), ("k", 32), ("v", 32)):
+            tensors[f"blk.{i}.attn_{part}.bias"] = rng.standard_normal(rows).astype(np.float32)
+    model = LlamaModel(open_packed(save(tmp_path / "bias.eqm", tensors, config={**packed.config, "has_qkv_bias": True})))
+    bias = model.blocks[1].qkv_bias.copy()
+    undo = probe.swap_weights(model, {"blk.1.attn_k.bias": np.zeros(32, np.float32)})
+    assert np.array_equal(model.blocks[1].qkv_bias, np.concatenate([bias[:64], np.zeros(32), bias[96:]]))
+    undo()
+    assert np.array_equal(model.blocks[1].qkv_bias, bias)
+    for bad in ("blk.1.ffn_up.bias", "blk.1.attn_v.scale"):
+        with pytest.raises(ValueError, match="not a block weight"):
+            probe.swap_weights(model, {bad: np.zeros(32, np.float32)})
+    assert np.array_equal(model.blocks[1].qkv_bias, bias)
+    plain = LlamaModel(packed)
+    with pytest.raises(ValueError, match="not a block weight"):
+        probe.swap_weights(plain, {"blk.0.attn_v.bias": np.zeros(32, np.float32)})

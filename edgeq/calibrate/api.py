@@ -13,14 +13,16 @@ Settings: `recipe` (a Recipe, or a YAML / JSON file) gives the defaults; the key
 change them: qtype, algorithm, group_size (0: the type's default granularity, e.g. int8 per
 row), symmetric (the default weight settings; a new algorithm starts from its default
 parameters), params (some of the algorithm's parameters, e.g. {"act_order": True,
-"grid_search": True} for GPTQ with act order and grid search, "gptq+" in the tables), calib / samples / seq_len / seed (calibration
-text and windows), activations ("dynamic" | "static", or an ActivationConfig) and bits (a
-bits-per-weight budget: mixed precision over the linear layers) with allocation (how the
-budget is spread: "output-error", each layer's relative output error, or "probed", the
-model's own KL divergence from the float model with each layer alone at int2, measured on
-two 128-token windows of the calibration samples: better, one forward pass per layer and
-window, llama-family models only; see driver.quantize_packed) and rotation ("hadamard": the
-decoder's residual stream is rotated before quantizing, edgeq.calibrate.rotation). The recipe actually applied
+"grid_search": True} for GPTQ with act order and grid search, "gptq+" in the tables), calib /
+samples / seq_len / seed (calibration text and windows), sequential (each block calibrated on
+the outputs of the blocks already quantized: edgeq.calibrate.sequential, llama-family
+decoders), activations ("dynamic" | "static", or an ActivationConfig) and bits (a
+bits-per-weight budget: mixed precision over the linear layers) with allocation (how the budget
+is spread: "output-error", each layer's relative output error, or "probed", the model's own KL
+divergence from the float model with each layer alone at int2, measured on two 128-token
+windows of the calibration samples: better, one forward pass per layer and window, llama-family
+models only; see driver.quantize_packed) and rotation ("hadamard": the decoder's residual
+stream is rotated before quantizing, edgeq.calibrate.rotation). The recipe actually applied
 travels in the output file's metadata ("recipe", with "bits_budget" and "allocation").
 """
 
@@ -87,7 +89,7 @@ def is_packed(path: Path) -> bool:
 
 def build_recipe(recipe=None, *, qtype=None, algorithm=None, group_size=None, symmetric=None,
                  params=None, calib=None, samples=None, seq_len=None, seed=None,
-                 activations=None, rotation=None) -> Recipe:
+                 sequential=None, activations=None, rotation=None) -> Recipe:
     """A Recipe from a Recipe / recipe file / None, with the given options changed; params: a
     mapping of some of the (new) algorithm's parameters, e.g. {"act_order": True}; rotation:
     "none" / "hadamard" (seed 0) or a RotationConfig."""
@@ -109,7 +111,7 @@ def build_recipe(recipe=None, *, qtype=None, algorithm=None, group_size=None, sy
     if changes:
         recipe = dataclasses.replace(recipe, weights=dataclasses.replace(w, **changes))
     cal = {k: v for k, v in (("source", None if calib is None else str(calib)), ("samples", samples),
-                             ("seq_len", seq_len), ("seed", seed)) if v is not None}
+                             ("seq_len", seq_len), ("seed", seed), ("sequential", sequential)) if v is not None}
     if cal:
         recipe = dataclasses.replace(recipe, calibration=dataclasses.replace(recipe.calibration, **cal))
     if activations is not None:

@@ -35,7 +35,8 @@ for the duration of the pass, for a float32 ndarray subclass (_Recording) whose 
 (numpy's __array_ufunc__ protocol) hands the input rows to the group's InputStats and then
 computes the same product on the plain arrays. Quantized weights are dequantized for the pass,
 so statistics always come from the float (or dequantized) model; every block sees inputs of
-the unquantized model before it (not GPTQ's sequential variant). Layers of one group share
+the unquantized model before it (GPTQ's sequential variant, where it sees the quantized
+blocks' outputs, is edgeq.calibrate.sequential: recipe.calibration.sequential). Layers of one group share
 one InputStats (their input is the same), so a pass holds one k x k float64 Gram matrix per
 group; quantize_packed puts as many blocks in one pass as fit its memory budget.
 """
@@ -133,8 +134,16 @@ class _Recording(np.ndarray):
         return getattr(ufunc, method)(*plain, **kwargs)
 
 
-def _float(w) -> np.ndarray:
+def float_weights(w) -> np.ndarray:
+    """A tensor as float32: QTensors dequantized."""
     return w.dequantize() if isinstance(w, QTensor) else np.asarray(w, dtype=np.float32)
+
+
+def install_recorders(model, sinks: Mapping[str, Callable]) -> Callable[[], None]:
+    """Swap each linear weight named in `sinks` for a recording copy (sinks[name](x) sees its
+    input rows x) in a LlamaModel or BertEncoder; returns the undo."""
+    install = _llama_install if hasattr(model, "blocks") else _bert_install
+    return install(model, sinks)
 
 
 def _llama_install(model, sinks: Mapping[str, Callable]) -> Callable[[], None]:
@@ -144,7 +153,7 @@ def _llama_install(model, sinks: Mapping[str, Callable]) -> Callable[[], None]:
     saved = list(model.blocks)
 
     def wrap(name, w):
-        return _Recording(_float(w), sinks[name]) if name in sinks else w
+        return _Recording(float_weights(w), sinks[name]) if name in sinks else w
 
     for i, block in enumerate(saved):
         b = f"blk.{i}."
@@ -205,8 +214,7 @@ def capture(model, samples, sinks: Mapping[str, Callable[[np.ndarray], None]], *
     samples = np.asarray(samples)
     if samples.ndim != 2 or samples.shape[0] == 0:
         raise ValueError(f"samples must be a non-empty (n, seq_len) array of token ids, got {samples.shape}")
-    install = _llama_install if hasattr(model, "blocks") else _bert_install
-    restore = install(model, sinks)
+    restore = install_recorders(model, sinks)
     try:
         _run(model, samples, batch_size, on_samples)
     finally:
@@ -220,7 +228,15 @@ def collect_stats(model, samples, groups: Sequence[InputGroup], *, batch_size: i
     samples = np.asarray(samples)
     if samples.ndim != 2 or samples.shape[0] == 0:
         raise ValueError(f"samples must be a non-empty (n, seq_len) array of token ids, got {samples.shape}")
-    stats: dict[str, InputStats] = {}
+    sinks, stats = stat_sinks(groups)
+    capture(model, samples, sinks, batch_size=batch_size, on_samples=on_samples)
+    return checked_stats(stats)
+
+
+def stat_sinks(groups: Sequence[InputGroup]) -> tuple[dict[str, Callable], dict[str, list]]:
+    """Sinks for capture that gather each group's inputs into one InputStats, and where they
+    land (layer -> a list that holds the group's InputStats once inputs arrived)."""
+    stats: dict[str, list] = {}
     sinks: dict[str, Callable] = {}
     for group in groups:
         shared: list[InputStats] = []
@@ -234,7 +250,11 @@ def collect_stats(model, samples, groups: Sequence[InputGroup], *, batch_size: i
         for name in group.layers[1:]:
             sinks[name] = lambda x: None
         stats.update({name: shared for name in group.layers})
-    capture(model, samples, sinks, batch_size=batch_size, on_samples=on_samples)
+    return sinks, stats
+
+
+def checked_stats(stats: Mapping[str, list]) -> dict[str, InputStats]:
+    """stat_sinks' lists -> layer -> InputStats; ValueError if a layer never got inputs."""
     missing = [name for name, shared in stats.items() if not shared]
     if missing:
         raise ValueError(f"the model never multiplied {missing[:3]}...: are the group names right?")
@@ -355,7 +375,7 @@ def quantize_tensors(tensors: Mapping[str, object], stats: Mapping[str, InputSta
             if _needs_stats(config) and name not in stats:
                 raise ValueError(f"layer {name!r} uses {config.algorithm} but has no calibration statistics")
     out = dict(tensors)
-    floats = {name: _float(out[name]).copy() for g in groups for name in g.layers + tuple(t for t, _ in g.folds)}
+    floats = {name: float_weights(out[name]).copy() for g in groups for name in g.layers + tuple(t for t, _ in g.folds)}
     inputs, scaled = apply_input_scales(floats, stats, recipe, groups)
     reports = []
     for group in groups:
@@ -460,20 +480,21 @@ class _Bars:
 
 #: how a bits budget is spread over the layers (quantize_packed's `allocation`)
 ALLOCATIONS = ("output-error", "probed")
-#: the architectures whose output the probed allocation can measure (edgeq.calibrate.probe)
-PROBED_ARCHITECTURES = ("llama", "qwen2")
+#: the llama-family decoders: the probed allocation (edgeq.calibrate.probe) measures their output,
+#: sequential calibration (edgeq.calibrate.sequential) runs them block by block
+DECODERS = ("llama", "qwen2")
 
 
 def check_allocation(allocation: str, bits: float | None, architecture: str | None = None) -> None:
     """ValueError for an unknown allocation or "probed" without a budget; UnsupportedError for
-    "probed" on an architecture other than PROBED_ARCHITECTURES (when it is given)."""
+    "probed" on an architecture other than DECODERS (when it is given)."""
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     if allocation == "probed" and bits is None:
         raise ValueError("the probed allocation spreads a bits-per-weight budget: give bits too")
-    if allocation == "probed" and architecture is not None and architecture not in PROBED_ARCHITECTURES:
+    if allocation == "probed" and architecture is not None and architecture not in DECODERS:
         raise UnsupportedError(f"the probed allocation measures next-token distributions of a llama-family "
-                               f"decoder ({', '.join(PROBED_ARCHITECTURES)}); {architecture!r} is not one: "
+                               f"decoder ({', '.join(DECODERS)}); {architecture!r} is not one: "
                                f"use allocation 'output-error'")
 
 
@@ -495,7 +516,9 @@ def quantize_packed(src, dst, recipe: Recipe, *, samples=None, bits: float | Non
     dst's metadata records "bits_budget", "allocation" and, when probed, "probe" (grid,
     windows, tokens).
     The blocks are calibrated in passes whose Gram matrices fit `gram_memory` bytes (all of
-    SmolLM2-135M's fit in 0.8 GiB: one pass). With recipe.activations.mode "static" the
+    SmolLM2-135M's fit in 0.8 GiB: one pass); with recipe.calibration.sequential, one block at a
+    time on the outputs of the blocks already quantized (edgeq.calibrate.sequential; the
+    allocation's statistics still come from the float model). With recipe.activations.mode "static" the
     layers' int8 input scales are calibrated too (edgeq.calibrate.static; BERT only).
     With recipe.rotation.mode "hadamard" the decoder is rotated first (edgeq.calibrate.rotation:
     a float copy of it in a temporary folder next to dst, removed afterwards), and everything
@@ -530,6 +553,10 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
         raise UnsupportedError(f"static activation scales run on BERT encoders only; "
                                f"{config.get('architecture')!r} quantizes activations dynamically")
     layers = [name for g in groups for name in g.layers]
+    sequential = recipe.calibration.sequential and any(_needs_stats(recipe.for_layer(n)) for n in layers)
+    if sequential and config.get("architecture") not in DECODERS:
+        raise UnsupportedError(f"sequential calibration runs llama-family decoders block by block, "
+                               f"not {config.get('architecture')!r}; set calibration.sequential to false")
     needs = bits is not None or static_acts or any(_needs_stats(recipe.for_layer(n)) for n in layers)
     model = build_model(packed) if needs else None
     if needs and samples is None:
@@ -558,7 +585,7 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
         sizes, errors = {}, {}
         for i, chunk in enumerate(chunks):
             units = _units(chunk, recipe)
-            floats = {n: _float(packed[n]) for u in units for n in u}
+            floats = {n: float_weights(packed[n]) for u in units for n in u}
             s, e = mixed.relative_errors(floats, stats_of(chunk, f"pass {i + 1}/{len(chunks)}"), units,
                                          candidates)
             sizes.update(s)
@@ -573,7 +600,13 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
     reports: list[LayerReport] = []
     bar = bars.bar(len(layers), "quantizing", "layer")
     try:
-        for i, chunk in enumerate(chunks):
+        if sequential:
+            from edgeq.calibrate.sequential import quantize_sequential
+            result = quantize_sequential(model, tensors, samples, recipe, groups,
+                                         on_layer=(lambda name: bar.update(1)) if bar else None)
+            tensors.update(result.tensors)
+            reports += result.reports
+        for i, chunk in enumerate(chunks if not sequential else ()):
             chunk_layers = [n for g in chunk for n in g.layers]
             stats = (stats_of(chunk, f"pass {i + 1}/{len(chunks)}")
                      if any(_needs_stats(recipe.for_layer(n)) for n in chunk_layers) else {})
@@ -600,7 +633,7 @@ def _probed(model, packed, units, relative, samples, candidates, bars) -> tuple[
     """probe.probed_sensitivities of `units`, every block matrix float in the reference."""
     from edgeq.calibrate import probe
 
-    floats = {n: _float(packed[n]) for u in units for n in u}
+    floats = {n: float_weights(packed[n]) for u in units for n in u}
     bar = bars.bar(len(units), "probing", "layer")
     try:
         return probe.probed_sensitivities(model, floats, units, relative, samples, candidates,

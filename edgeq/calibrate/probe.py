@@ -57,26 +57,41 @@ BLOCK_SLOTS = {"attn_q": ("qkv", 0), "attn_k": ("qkv", 1), "attn_v": ("qkv", 2),
 
 
 def swap_weights(model, replaced: Mapping[str, np.ndarray]) -> Callable[[], None]:
-    """Put matrices and norm weights ("blk.<i>.<kind>.weight" -> array) into an unfused
-    LlamaModel's blocks; returns the undo. The caller keeps the model on its numpy path
-    while they are in (see OutputLoss)."""
+    """Put matrices, norm weights and q/k/v biases ("blk.<i>.<kind>.weight" or
+    "blk.<i>.attn_<q|k|v>.bias" -> array) into an unfused LlamaModel's blocks; returns the
+    undo. The caller keeps the model on its numpy path while they are in (see OutputLoss)."""
     _check_decoder(model)
     saved = list(model.blocks)
     try:
         for name, w in replaced.items():
             parts = name.split(".")
             if len(parts) != 4 or parts[0] != "blk" or not parts[1].isdigit() or parts[2] not in BLOCK_SLOTS \
-                    or int(parts[1]) >= len(saved):
+                    or int(parts[1]) >= len(saved) or parts[3] not in ("weight", "bias") \
+                    or parts[3] == "bias" and (parts[2] not in _BIAS_SLOTS or model.blocks[int(parts[1])].qkv_bias is None):
                 raise ValueError(f"{name!r} is not a block weight of this model "
-                                 f"(blk.<0..{len(saved) - 1}>.<{'|'.join(BLOCK_SLOTS)}>.weight)")
-            i, (field, pos) = int(parts[1]), BLOCK_SLOTS[parts[2]]
-            block = model.blocks[i]
+                                 f"(blk.<0..{len(saved) - 1}>.<{'|'.join(BLOCK_SLOTS)}>.weight, or a q/k/v bias)")
+            i, block = int(parts[1]), model.blocks[int(parts[1])]
+            if parts[3] == "bias":
+                bias = block.qkv_bias.copy()
+                bias[_bias_rows(model.config, parts[2])] = w
+                model.blocks[i] = dataclasses.replace(block, qkv_bias=bias)
+                continue
+            field, pos = BLOCK_SLOTS[parts[2]]
             value = w if pos is None else tuple(w if j == pos else m for j, m in enumerate(getattr(block, field)))
             model.blocks[i] = dataclasses.replace(block, **{field: value})
     except BaseException:
         model.blocks[:] = saved
         raise
     return lambda: model.blocks.__setitem__(slice(None), saved)
+
+
+_BIAS_SLOTS = ("attn_q", "attn_k", "attn_v")
+
+
+def _bias_rows(c, kind: str) -> slice:
+    """Where q's, k's or v's bias lies in a block's qkv_bias [q | k | v]."""
+    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    return {"attn_q": slice(0, q), "attn_k": slice(q, q + kv), "attn_v": slice(q + kv, q + 2 * kv)}[kind]
 
 
 def probe_windows(samples, count: int = PROBE_WINDOWS, tokens: int = PROBE_TOKENS) -> np.ndarray:

@@ -21,7 +21,7 @@ to_json() is the dict stored in the .eqm header's metadata, so every file says h
         group_size: null
         algorithm: smoothquant
         params: {alpha: 0.5}
-    calibration: {source: pydoc, samples: 64, seq_len: 512, seed: 0}
+    calibration: {source: pydoc, samples: 64, seq_len: 512, seed: 0, sequential: false}
     activations: {mode: dynamic}  # or {mode: static, observer: percentile, granularity: block}
     rotation: {mode: none}        # or {mode: hadamard, seed: 0}: llama-family decoders
 
@@ -149,12 +149,15 @@ class Override:
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    """Calibration text (data.py): "pydoc" (built in) or a path; samples x seq_len tokens."""
+    """Calibration text (data.py): "pydoc" (built in) or a path; samples x seq_len tokens.
+    sequential: each block's statistics come from the model with the blocks before it already
+    quantized (edgeq.calibrate.sequential; llama-family decoders), not from the float model."""
 
     source: str = "pydoc"
     samples: int = 64
     seq_len: int = 512
     seed: int = 0
+    sequential: bool = False
 
     def __post_init__(self):
         for name in ("samples", "seq_len"):

@@ -449,7 +449,9 @@ class LlamaModel:
         c = self.config
         return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, capacity, self.kv_dtype)
 
-    def _check_ids(self, ids) -> np.ndarray:
+    def check_ids(self, ids) -> np.ndarray:
+        """Token ids (a 1-D integer sequence within the vocabulary) as an intp array; ValueError
+        otherwise."""
         ids = np.asarray(ids)
         if ids.ndim != 1 or ids.dtype.kind not in "iu":
             raise ValueError(f"token ids must be a 1-D sequence of integers, got {ids.dtype} {ids.shape}")
@@ -468,7 +470,7 @@ class LlamaModel:
             return self._project(x, matrices[0])
         return np.concatenate([self._project(x, w) for w in matrices], axis=1)
 
-    def _embed(self, ids: np.ndarray) -> np.ndarray:
+    def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         """float32 (T, dim) residual stream of token ids (turned by the rotation, if any)."""
         e = self.embedding
         x = take_rows(e, ids).dequantize() if isinstance(e, QTensor) else np.asarray(e[ids], dtype=np.float32)
@@ -513,44 +515,24 @@ class LlamaModel:
         cache. Returns float32 logits of the last position (vocab,), or of every position
         (T, vocab) with all_logits. At most BATCH_SIZE positions per call keep the attention
         scores small; generate() and logits() split longer inputs."""
-        ids = self._check_ids(ids)
+        ids = self.check_ids(ids)
         t = ids.shape[0]
         if t == 0:
             raise ValueError("forward needs at least one token id")
         cache.check_room(t)
         c = self.config
-        start, end = cache.length, cache.length + t
-        angles = np.arange(start, end, dtype=np.float64)[:, None] * self._inv_freq[None, :]
-        cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+        cos, sin = self.rope_angles(cache.length, cache.length + t)
         if self.fast_path and self._whole_pass is not None and cache.dtype == "float16":
-            x = np.ascontiguousarray(self._embed(ids), dtype=np.float32)
+            x = np.ascontiguousarray(self.embed_tokens(ids), dtype=np.float32)
             logits = self._whole_pass.run(x, cache, cos, sin, t if all_logits else 1)
             cache.advance(t)
             return logits if all_logits else logits[0]
         if self.fast_path and cache.dtype == "float16":
             return self._forward_steps(ids, cache, cos, sin, all_logits)
-        cos, sin = cos[:, None, :], sin[:, None, :]
-        n_qk = c.n_heads + c.n_kv_heads
-        qk_width = n_qk * c.head_dim
-        x = self._embed(ids)
-        for i, b in enumerate(self.blocks):
+        x = self.embed_tokens(ids)
+        for i in range(len(self.blocks)):
             # --- hot loop: one block per iteration ---
-            h = rms_norm(x, b.attn_norm, c.rms_eps)
-            qkv = self._project_all(h, b.qkv)                       # (T, [q | k | v])
-            if b.qkv_bias is not None:
-                qkv += b.qkv_bias
-            heads = qkv[:, :qk_width].reshape(t, n_qk, c.head_dim)   # q and k heads, a view
-            self._rope(heads, cos, sin)
-            v = qkv[:, qk_width:].reshape(t, c.n_kv_heads, c.head_dim)
-            cache.store(i, heads[:, c.n_heads:].transpose(1, 0, 2), v.transpose(1, 0, 2))
-            keys, values = cache.read(i, end)
-            x = x + self._project(self._attention(heads[:, :c.n_heads], keys, values, start), b.wo)
-            h = rms_norm(x, b.ffn_norm, c.rms_eps)
-            gate_up = self._project_all(h, b.gate_up)               # (T, [gate | up])
-            h = silu(gate_up[:, :c.ffn_dim]) * gate_up[:, c.ffn_dim:]
-            if self.ffn_rotation is not None:
-                h = rotate_ffn_rows(h, *self.ffn_rotation)
-            x = x + self._project(h, b.w_down)
+            x = self.block_forward(i, x, cache, cos, sin)
         cache.advance(t)
         if not all_logits:
             x = x[-1:]
@@ -558,6 +540,37 @@ class LlamaModel:
             x = rows_times(x, self._unrotation)
         logits = self._project(rms_norm(x, self.output_norm, c.rms_eps), self.output)
         return logits if all_logits else logits[0]
+
+    def rope_angles(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin (end - start, rope_dim/2) float32 of positions [start, end)."""
+        angles = np.arange(start, end, dtype=np.float64)[:, None] * self._inv_freq[None, :]
+        return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+    def block_forward(self, i: int, x: np.ndarray, cache: KVCache, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """Block i of the numpy path: residual stream x (T, dim) at positions [cache.length,
+        cache.length + T) -> the next block's input. Stores the block's keys and values in
+        the cache (which it does not advance); cos, sin from rope_angles. Calibration runs
+        the blocks one at a time through it (edgeq.calibrate.sequential)."""
+        c, b = self.config, self.blocks[i]
+        t, start = x.shape[0], cache.length
+        n_qk = c.n_heads + c.n_kv_heads
+        qk_width = n_qk * c.head_dim
+        h = rms_norm(x, b.attn_norm, c.rms_eps)
+        qkv = self._project_all(h, b.qkv)                       # (T, [q | k | v])
+        if b.qkv_bias is not None:
+            qkv += b.qkv_bias
+        heads = qkv[:, :qk_width].reshape(t, n_qk, c.head_dim)   # q and k heads, a view
+        self._rope(heads, cos[:, None, :], sin[:, None, :])
+        v = qkv[:, qk_width:].reshape(t, c.n_kv_heads, c.head_dim)
+        cache.store(i, heads[:, c.n_heads:].transpose(1, 0, 2), v.transpose(1, 0, 2))
+        keys, values = cache.read(i, start + t)
+        x = x + self._project(self._attention(heads[:, :c.n_heads], keys, values, start), b.wo)
+        h = rms_norm(x, b.ffn_norm, c.rms_eps)
+        gate_up = self._project_all(h, b.gate_up)               # (T, [gate | up])
+        h = silu(gate_up[:, :c.ffn_dim]) * gate_up[:, c.ffn_dim:]
+        if self.ffn_rotation is not None:
+            h = rotate_ffn_rows(h, *self.ffn_rotation)
+        return x + self._project(h, b.w_down)
 
     def _forward_steps(self, ids: np.ndarray, cache: KVCache, cos: np.ndarray, sin: np.ndarray,
                        all_logits: bool) -> np.ndarray:
@@ -575,7 +588,7 @@ class LlamaModel:
         layers = self._cache_layers(cache)
         neox, eps = c.rope_type == "neox", c.rms_eps
         signs, mix = self.ffn_rotation or (None, None)
-        x = np.ascontiguousarray(self._embed(ids), dtype=np.float32)
+        x = np.ascontiguousarray(self.embed_tokens(ids), dtype=np.float32)
         self._pin(x, xq_d, xs_d, xq_q, xs_q, xq_f, xs_f, cos, sin)
         delta = np.empty((0, d), np.float32)
 
@@ -633,7 +646,7 @@ class LlamaModel:
     def logits(self, token_ids) -> np.ndarray:
         """float32 (len, vocab): the logits after each prefix of token_ids, from an empty
         context (one pass over the sequence, BATCH_SIZE positions at a time)."""
-        ids = self._check_ids(token_ids)
+        ids = self.check_ids(token_ids)
         if ids.shape[0] == 0:
             return np.zeros((0, self.config.vocab_size), dtype=np.float32)
         cache = self.new_cache(min(ids.shape[0], self.context_length))
@@ -646,7 +659,7 @@ class LlamaModel:
 
     def prefill(self, token_ids, cache: KVCache) -> np.ndarray:
         """Append token_ids to the cache in batches; logits (vocab,) after the last one."""
-        ids = self._check_ids(token_ids)
+        ids = self.check_ids(token_ids)
         if ids.shape[0] == 0:
             raise ValueError("the prompt has no tokens")
         cache.check_room(ids.shape[0])

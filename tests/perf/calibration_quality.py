@@ -38,6 +38,10 @@ SmolLM2 (llama part)
                 run on the per-step path; such rows are named "... [float eval]"
     --only      fnmatch patterns on row names: compute only those rows (the others are skipped,
                 rows already in the workdir are still printed); to budget a long run
+    --sequential GPTQ / AWQ rows calibrate each block on the outputs of the blocks already
+                quantized (edgeq.calibrate.sequential: what a recipe's calibration.sequential
+                does); such rows are named "... [sequential]" (the mixed rows' allocation still
+                comes from the float model's statistics)
     --rotate    every edgeq row starts from the reference with its residual stream rotated
                 (edgeq.calibrate.rotation, seed 0: what `edgeq quantize --rotate` does); such
                 rows are named "... [rotated]"; the reference, control and llama.cpp rows are
@@ -72,6 +76,7 @@ import numpy as np
 import edgeq
 from edgeq.calibrate import data, driver, mixed, probe, rotation
 from edgeq.calibrate.recipe import CalibrationSettings, GPTQParams, Recipe, SmoothQuantParams, WeightConfig
+from edgeq.calibrate.sequential import quantize_sequential
 from edgeq.converters.convert import convert
 from edgeq.eval import perplexity_of_ids
 from edgeq.format import open_packed, save
@@ -202,6 +207,8 @@ def run_llama(args) -> None:
         """The row's name with what this run changes about it."""
         if args.rotate and name not in ("float reference", CONTROL):
             name += " [rotated]"
+        if args.sequential and not name.endswith(" rtn") and name not in ("float reference", CONTROL):
+            name += " [sequential]"
         return name + (" [float eval]" if args.float_eval and name != "float reference" else "")
 
     def score(name, path, **extra):
@@ -255,7 +262,10 @@ def run_llama(args) -> None:
             return
         t0 = time.perf_counter()
         needs = any(recipe.for_layer(n).algorithm in ("gptq", "awq") for n in block_names)
-        result = driver.quantize_tensors(sources, get_stats() if needs else {}, recipe, groups)
+        if needs and args.sequential:
+            result = quantize_sequential(model, sources, samples, recipe, groups)
+        else:
+            result = driver.quantize_tensors(sources, get_stats() if needs else {}, recipe, groups)
         seconds = time.perf_counter() - t0
         path = args.workdir / "smollm2-candidate.eqm"
         save(path, result.tensors, config=packed.config, tokenizer=packed.tokenizer,
@@ -424,6 +434,9 @@ def main(argv=None) -> int:
                     help="score rows with their block weights dequantized into the float model (float "
                          "activations; ~25x faster where the runtime has no native int2/int3 kernel); "
                          "such rows are named '... [float eval]'")
+    ap.add_argument("--sequential", action="store_true",
+                    help="calibrate GPTQ / AWQ rows block by block on the quantized blocks' outputs "
+                         "(rows '... [sequential]')")
     ap.add_argument("--rotate", action="store_true",
                     help="quantize the reference with its residual stream rotated (rows '... [rotated]')")
     ap.add_argument("--only", action="append", default=[], metavar="PATTERN",
