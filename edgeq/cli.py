@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibrate each block on the outputs of the blocks already quantized "
                         "(GPTQ's sequential variant; llama-family models)")
     p.add_argument("--static-activations", action="store_true",
-                   help="store calibrated int8 input scales (BERT encoders)")
+                   help="store calibrated int8 input scales (BERT encoders and llama-family decoders; "
+                        "a decoder with them runs its numpy path, not the fused steps)")
     p.add_argument("--rotate", action="store_true",
                    help="rotate the residual stream first (randomized Hadamard; the same function, "
                         "much better with --algo gptq at 2-3 bits; llama-family models)")

@@ -860,13 +860,6 @@ def test_python_entry_point_options_change_the_recipe(tmp_path):
         build_recipe(None, algorithm="gptq", qtype="int8")
 
 
-def test_static_mode_is_refused_for_llama(tmp_path):
-    with pytest.raises(UnsupportedError, match="BERT"):
-        edgeq.calibrate.quantize(tiny_llama(tmp_path / "tiny.eqm"), tmp_path / "q.eqm", qtype="int8",
-                                 activations="static", calibration_ids=np.zeros((1, 8), np.int32))
-    assert not (tmp_path / "q.eqm").exists()
-
-
 # --- probed allocation (edgeq.calibrate.probe) ----------------------------------------------------
 
 

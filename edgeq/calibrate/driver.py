@@ -518,8 +518,9 @@ def quantize_packed(src, dst, recipe: Recipe, *, samples=None, bits: float | Non
     The blocks are calibrated in passes whose Gram matrices fit `gram_memory` bytes (all of
     SmolLM2-135M's fit in 0.8 GiB: one pass); with recipe.calibration.sequential, one block at a
     time on the outputs of the blocks already quantized (edgeq.calibrate.sequential; the
-    allocation's statistics still come from the float model). With recipe.activations.mode "static" the
-    layers' int8 input scales are calibrated too (edgeq.calibrate.static; BERT only).
+    allocation's statistics still come from the float model). With recipe.activations.mode
+    "static" the layers' int8 input scales are calibrated too (edgeq.calibrate.static;
+    llama-family decoders and BERT encoders).
     With recipe.rotation.mode "hadamard" the decoder is rotated first (edgeq.calibrate.rotation:
     a float copy of it in a temporary folder next to dst, removed afterwards), and everything
     above runs on the rotated model.
@@ -549,9 +550,6 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
     config = packed.config or {}
     groups = input_groups(config)
     static_acts = recipe.activations.mode == "static"
-    if static_acts and config.get("architecture") != "bert":
-        raise UnsupportedError(f"static activation scales run on BERT encoders only; "
-                               f"{config.get('architecture')!r} quantizes activations dynamically")
     layers = [name for g in groups for name in g.layers]
     sequential = recipe.calibration.sequential and any(_needs_stats(recipe.for_layer(n)) for n in layers)
     if sequential and config.get("architecture") not in DECODERS:

@@ -17,8 +17,16 @@ scale = T / 127 (observers.activation_scale). Stored per layer as the float32 te
 "<layer>.input_scale" (e.g. "blk.0.attn_qkv.input_scale", shape (k/block,) or (1,)), next to
 the weight "<layer>.weight"; the recipe in the metadata says how they were made.
 
-Run time (install, called by edgeq.load when the file has such tensors): BERT's Dense layers take the scales (Dense.act_scale, passed to
-edgeq.linear as act_scale). The llama decoder has no static hook yet (UnsupportedError).
+Run time (install, called by edgeq.load when the file has such tensors): BERT's Dense layers
+take the scales (Dense.act_scale, passed to edgeq.linear as act_scale). The llama-family
+decoder takes them per projection (LlamaModel.set_static_scales, by the names of
+LlamaModel.named_matrices; the output projection's would be "output.input_scale", which
+calibration does not make, so it stays dynamic); q|k|v and gate|up fused into one matrix
+(fuse_projections) need equal scales for their layers, as calibrate_scales writes them. Such a
+decoder runs its numpy path: the fused C / Numba steps quantize activations dynamically. The
+ffn_down input of a model with ffn_rotation is the rotated SwiGLU output, in calibration and at
+run time alike. Scale tensors of unknown layers, of the wrong shape or dtype, or not finite and
+>= 0 raise FormatError.
 Integer requantization between layers (int8 outputs feeding the next layer without a float
 round trip) is not done: each layer still returns float32.
 """
@@ -36,6 +44,7 @@ from edgeq.calibrate.recipe import ActivationConfig
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.linear import activation_block
 from edgeq.loader import STATIC_SCALE_SUFFIX
+from edgeq.qtypes import QTensor
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +121,10 @@ def install(model, tensors: Mapping) -> int:
     names = [n for n in tensors if n.endswith(SUFFIX)]
     if not names:
         return 0
+    if hasattr(model, "blocks"):
+        return _install_llama(model, tensors, names)
     if not hasattr(model, "layers"):
-        raise UnsupportedError("static activation scales run on BERT encoders only in this "
-                               "edgeq; the llama decoder quantizes activations dynamically")
+        raise UnsupportedError(f"static activation scales: no hook for {type(model).__name__}")
     count = 0
     for i, layer in enumerate(model.layers):
         for attr, suffix in _BERT_DENSE:
@@ -133,4 +143,48 @@ def install(model, tensors: Mapping) -> int:
             if dense.quantized:
                 dense.act_scale = scales
                 count += 1
+    return count
+
+
+def _llama_scales(where: str, name: str, tensor, k: int) -> np.ndarray:
+    """Tensor `name` checked as the scales of a llama projection with k inputs: float, 1-D,
+    one per block of the runtime's activation block (or one for all), finite, >= 0."""
+    from edgeq.models.llama import ACT_BLOCK
+
+    block = activation_block(k, ACT_BLOCK)
+    dtype = getattr(tensor, "dtype", None)
+    if dtype is None or np.dtype(dtype).kind != "f":
+        raise FormatError(f"{where}: tensor {name!r} must be a float array of scales, "
+                          f"got {type(tensor).__name__} {dtype}")
+    scales = np.asarray(tensor, dtype=np.float32)
+    if scales.ndim != 1 or scales.size not in (1, k // block):
+        raise FormatError(f"{where}: tensor {name!r} has shape {scales.shape}; expected ({k // block},), one "
+                          f"scale per block of {block} of the {k} inputs, or (1,)")
+    if not (np.isfinite(scales).all() and (scales >= 0).all()):
+        raise FormatError(f"{where}: tensor {name!r}: scales must be finite and >= 0")
+    return scales
+
+
+def _install_llama(model, tensors: Mapping, names: Sequence[str]) -> int:
+    """install() for a LlamaModel: every scale tensor must name one of its projections; a
+    fused matrix needs the scales of all its layers, and equal ones (they read one input)."""
+    where = str(getattr(tensors, "path", "static scales"))
+    pairs, used, count = [], set(), 0
+    for layers, matrix in model.named_matrices():
+        found = [scale_name(n) for n in layers if scale_name(n) in tensors]
+        if not found:
+            continue
+        used.update(found)
+        scales = [_llama_scales(where, n, tensors[n], matrix.shape[1]) for n in found]
+        if len(found) < len(layers) or any(not np.array_equal(s, scales[0]) for s in scales[1:]):
+            raise FormatError(f"{where}: {', '.join(map(scale_name, layers))} must all be present and equal: "
+                              f"the model multiplies those layers as one fused matrix")
+        if isinstance(matrix, QTensor):  # float matrices multiply in float: nothing to scale
+            pairs.append((matrix, scales[0]))
+            count += len(layers)
+    unknown = sorted(set(names) - used)
+    if unknown:
+        raise FormatError(f"{where}: tensor {unknown[0]!r} names no projection of this "
+                          f"{model.config.architecture} model")
+    model.set_static_scales(pairs)
     return count

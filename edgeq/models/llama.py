@@ -42,7 +42,8 @@ Tensors (GGUF names; numpy shapes are (out_features, in_features)):
     ffn_down.weight (dim, ffn_dim), attn_{q,k,v}.bias if has_qkv_bias,
     residual_rotation.weight (dim, dim) float if residual_rotation; ffn_rotation.signs
     (ffn_dim,) float, every value exactly +1 or -1 (s), and ffn_rotation.mix (m, m) float,
-    orthogonal (Q), if ffn_rotation.
+    orthogonal (Q), if ffn_rotation; optional static activation scales
+    blk.i.<layer>.input_scale (edgeq.calibrate.static, installed by edgeq.load).
 Matrices are QTensors (multiplied by edgeq.linear: integer kernels) or float arrays (numpy
 matmul); 1-D tensors are float. A quantized embedding is dequantized row by row as tokens
 need it.
@@ -79,6 +80,8 @@ ROPE_TYPES = ("norm", "neox")
 BATCH_SIZE = 256
 #: implementations of the fast path's fused steps, best first: C, then Numba
 STEPS = ("native", "numba")
+#: activation quantization block of every projection (edgeq.linear's act_block)
+ACT_BLOCK = 32
 
 
 def load_steps(name: str):
@@ -239,9 +242,10 @@ class LlamaModel:
     Numba steps (edgeq.models.llama_steps), which give the same bits. True picks the best
     one the kernel backend allows (native: C then Numba; numba: Numba; numpy: none);
     "native" or "numba" asks for one (UnsupportedError if it is missing). They apply when
-    every matrix is a QTensor and the KV cache is float16; otherwise, or with False, the
-    numpy path below runs. `fast_path` says whether the steps run, `steps_backend` which
-    ("native", "numba" or None). The backend is resolved once, at load.
+    every matrix is a QTensor, the KV cache is float16 and no static activation scales are
+    installed (set_static_scales); otherwise, or with False, the numpy path below runs.
+    `fast_path` says whether the steps run, `steps_backend` which ("native", "numba" or
+    None). The backend is resolved once, at load.
     """
 
     def __init__(self, packed, *, context_length: int | None = None, kv_dtype: str = "float16",
@@ -257,6 +261,7 @@ class LlamaModel:
         if kv_dtype not in KV_DTYPES:
             raise ValueError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, not {kv_dtype!r}")
         self.fuse_projections = fuse_projections
+        self._act_scales = {}  # id(matrix) -> static activation scales (set_static_scales)
         self.repacked_bytes = 0  # bytes copied out of the memory map at load
         self.path = packed.path
         self.metadata = packed.metadata
@@ -265,6 +270,7 @@ class LlamaModel:
         self._inv_freq = self._rope_frequencies(packed)
         self._group = c.n_heads // c.n_kv_heads
         self._scale = np.float32(1.0 / np.sqrt(c.head_dim))
+        self._wanted_steps = fused_steps
         self._steps, self.steps_backend = self._choose_steps(fused_steps)
         self._layer_views = weakref.WeakKeyDictionary()  # KVCache -> its layers for the steps
         self.fast_path = self._steps is not None
@@ -276,6 +282,42 @@ class LlamaModel:
                       *(w for b in self.blocks for w in (b.attn_norm, b.ffn_norm)))
             if self.steps_backend == "native":
                 self._whole_pass = self._native_forward()
+
+    def named_matrices(self) -> list[tuple[tuple[str, ...], object]]:
+        """(weight names, matrix) of every projection the forward pass multiplies by: a fused
+        matrix (fuse_projections) carries the names of the layers it holds, in row order
+        (("blk.i.attn_q.weight", "blk.i.attn_k.weight", "blk.i.attn_v.weight"), ...); the
+        output projection is "output.weight" (also when it is the tied token_embd.weight)."""
+        def named(names, matrices):
+            if len(matrices) == 1:
+                return [(tuple(names), matrices[0])]
+            return [((n,), m) for n, m in zip(names, matrices)]
+
+        out = [(("output.weight",), self.output)]
+        for i, b in enumerate(self.blocks):
+            p = f"blk.{i}."
+            out += named([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], b.qkv)
+            out.append(((p + "attn_output.weight",), b.wo))
+            out += named([p + "ffn_gate.weight", p + "ffn_up.weight"], b.gate_up)
+            out.append(((p + "ffn_down.weight",), b.w_down))
+        return out
+
+    def set_static_scales(self, scales: list[tuple[QTensor, np.ndarray]]) -> None:
+        """Static activation mode (edgeq.calibrate.static.install): the input of each (matrix,
+        scales) pair is quantized on those calibrated scales, one per block of ACT_BLOCK
+        inputs or one for all (edgeq.linear's act_scale), instead of each token's own maxima;
+        other matrices stay dynamic. The fused steps quantize inside their kernels, always
+        dynamically, so a model with static scales runs the numpy path (UnsupportedError if
+        fused_steps named one)."""
+        self._act_scales = {id(m): np.asarray(s, dtype=np.float32) for m, s in scales}
+        if not self._act_scales:
+            return
+        why = "the fused steps quantize activations dynamically, the file has static scales"
+        if self._wanted_steps in STEPS:
+            raise UnsupportedError(f"{self.path}: fused_steps={self._wanted_steps!r} cannot run: {why}")
+        if self.fast_path:
+            log.info("%s: the numpy path runs: %s", self.path, why)
+        self.fast_path, self._steps, self.steps_backend, self._whole_pass = False, None, None, None
 
     def _matrices(self) -> list:
         return [self.output] + [m for b in self.blocks for m in (*b.qkv, b.wo, *b.gate_up, b.w_down)]
@@ -316,7 +358,7 @@ class LlamaModel:
         """Activation quantization blocks of the inputs of width dim, n_heads*head_dim and
         ffn_dim."""
         c = self.config
-        return tuple(activation_block(n, 32) for n in (c.dim, c.n_heads * c.head_dim, c.ffn_dim))
+        return tuple(activation_block(n, ACT_BLOCK) for n in (c.dim, c.n_heads * c.head_dim, c.ffn_dim))
 
     def _native_forward(self):
         """The whole forward pass in one C call (edgeq.models.llama_native_forward), when
@@ -462,7 +504,8 @@ class LlamaModel:
 
     def _project(self, x: np.ndarray, w) -> np.ndarray:
         if isinstance(w, QTensor):
-            return linear(x, w, backend=self.backend)
+            return linear(x, w, backend=self.backend, act_block=ACT_BLOCK,
+                          act_scale=self._act_scales.get(id(w)))
         return x @ w.T
 
     def _project_all(self, x: np.ndarray, matrices: tuple) -> np.ndarray:

@@ -20,7 +20,11 @@ SmolLM2 (llama part)
                 Q3_K_S and Q2_K quantized from the same GGUF by llama-cpp-python (run by
                 llama.cpp on the same windows); "gptq+" (GPTQ with act order and grid search)
                 with mixed precision at the smaller of the
-                nominal budget (3.5, 2.5) and llama.cpp's bits per weight on the same tensors
+                nominal budget (3.5, 2.5) and llama.cpp's bits per weight on the same tensors;
+                W8A8 dynamic (int8 per-row weights by RTN, int8 activations per token and block
+                of 32) and W8A8 static (the same weights, the activations on calibrated scales
+                stored in the file: edgeq.calibrate.static, percentile observer, one scale per
+                block of 32 inputs; the model runs its numpy path)
     bits/weight over the block linear layers (what both tools quantize); "file MB" is the whole
                 file, the comparison the issue's "at equal or smaller size" asks for
     fair size   edgeq's rows quantize the block linear layers from the float reference and take
@@ -74,7 +78,7 @@ from pathlib import Path
 import numpy as np
 
 import edgeq
-from edgeq.calibrate import data, driver, mixed, probe, rotation
+from edgeq.calibrate import data, driver, mixed, probe, rotation, static
 from edgeq.calibrate.recipe import CalibrationSettings, GPTQParams, Recipe, SmoothQuantParams, WeightConfig
 from edgeq.calibrate.sequential import quantize_sequential
 from edgeq.converters.convert import convert
@@ -266,9 +270,12 @@ def run_llama(args) -> None:
             result = quantize_sequential(model, sources, samples, recipe, groups)
         else:
             result = driver.quantize_tensors(sources, get_stats() if needs else {}, recipe, groups)
+        tensors = result.tensors
+        if recipe.activations.mode == "static":  # scales from the float reference's inputs
+            tensors = {**tensors, **static.calibrate_scales(model, samples, groups, recipe.activations)}
         seconds = time.perf_counter() - t0
         path = args.workdir / "smollm2-candidate.eqm"
-        save(path, result.tensors, config=packed.config, tokenizer=packed.tokenizer,
+        save(path, tensors, config=packed.config, tokenizer=packed.tokenizer,
              metadata={"recipe": recipe.to_json()})
         score(name, path, quantize_s=round(seconds, 1), **extra)
 
@@ -285,6 +292,12 @@ def run_llama(args) -> None:
     # the headline rows first (a time-boxed run then has the comparison), then whole columns
     for algo in ("rtn", "gptq+"):
         grid_row(*LLAMA_GRIDS[0], algo)
+    w8 = WeightConfig("int8", None, True, "rtn")
+    quantized("W8A8 dynamic (per token, blocks of 32)", Recipe(w8, calibration=calibration),
+              method="rtn", type="int8", group="row")
+    quantized("W8A8 static (percentile)", Recipe(w8, calibration=calibration,
+                                                 activations=static.ActivationConfig("static", "percentile")),
+              method="rtn", type="int8", group="row")
     bpw = llamacpp_rows(args, results, eval_ids, block_names)
     for name, _, nominal in LLAMACPP:
         budget = min(nominal, bpw[name])
