@@ -1209,3 +1209,28 @@ def test_swap_weights_replaces_one_part_of_the_qkv_bias(tmp_path):
     plain = LlamaModel(packed)
     with pytest.raises(ValueError, match="not a block weight"):
         probe.swap_weights(plain, {"blk.0.attn_v.bias": np.zeros(32, np.float32)})
+
+
+def test_algorithm_gains_carry_gptq_into_the_allocation_errors(smollm2_slice):
+    """Round to nearest gains nothing over itself; GPTQ lowers every real layer's output error at
+    every qtype; with_gains scales each candidate by its qtype's gain."""
+    from edgeq.calibrate import mixed
+
+    packed = open_packed(smollm2_slice)
+    model = edgeq.load(smollm2_slice)
+    groups = driver.input_groups(packed.config)
+    units = [(n,) for g in groups for n in g.layers]
+    floats = {u[0]: np.asarray(packed[u[0]]) for u in units}
+    stats = driver.collect_stats(model, np.random.default_rng(25).integers(0, 49152, (2, 48)), groups)
+    candidates = {c: mixed.LOW_BIT_CANDIDATES[c] for c in ("int2 g96", "int2 g192", "int3 g192", "int4 g64")}
+    _, errors = mixed.relative_errors(floats, stats, units, candidates)
+    same = mixed.algorithm_gains(floats, stats, units, errors, candidates, lambda name, w, grid: grid.rtn(w))
+    assert all(g == 1.0 for unit in same.values() for g in unit.values())
+    gains = mixed.algorithm_gains(floats, stats, units, errors, candidates,
+                                  lambda name, w, grid: gptq(w, stats[name].hessian(), grid))
+    assert all(set(unit) == {"int2", "int3", "int4"} and all(0 < g < 1 for g in unit.values())
+               for unit in gains.values()), gains
+    scaled = mixed.with_gains(errors, gains, candidates)
+    for key, errs in errors.items():
+        assert scaled[key]["int2 g96"] == errs["int2 g96"] * gains[key]["int2"]
+        assert scaled[key]["int4 g64"] == errs["int4 g64"] * gains[key]["int4"]

@@ -513,6 +513,9 @@ def quantize_packed(src, dst, recipe: Recipe, *, samples=None, bits: float | Non
                         the probe grid, carried to mixed.LOW_BIT_CANDIDATES by the relative
                         errors (mixed.probed_errors); llama-family models only, one forward
                         pass per window and unit
+    Both start from round to nearest's errors; a unit quantized by GPTQ, AWQ or HQQ has them
+    scaled by how much its algorithm lowers them at each qtype (mixed.algorithm_gains: the
+    algorithm run once per qtype on each layer).
     dst's metadata records "bits_budget", "allocation" and, when probed, "probe" (grid,
     windows, tokens).
     The blocks are calibrated in passes whose Gram matrices fit `gram_memory` bytes (all of
@@ -580,16 +583,18 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
     probe_record = None
     if bits is not None:
         candidates = mixed.LOW_BIT_CANDIDATES if allocation == "probed" else mixed.DEFAULT_CANDIDATES
-        sizes, errors = {}, {}
+        sizes, errors, gains = {}, {}, {}
         for i, chunk in enumerate(chunks):
             units = _units(chunk, recipe)
             floats = {n: float_weights(packed[n]) for u in units for n in u}
-            s, e = mixed.relative_errors(floats, stats_of(chunk, f"pass {i + 1}/{len(chunks)}"), units,
-                                         candidates)
+            stats = stats_of(chunk, f"pass {i + 1}/{len(chunks)}")
+            s, e = mixed.relative_errors(floats, stats, units, candidates)
             sizes.update(s)
             errors.update(e)
+            gains.update(_gains(floats, stats, units, e, candidates, recipe, bars))
         if allocation == "probed":
             errors, probe_record = _probed(model, packed, _units(groups, recipe), errors, samples, candidates, bars)
+        errors = mixed.with_gains(errors, gains, candidates)
         recipe = mixed.budget_recipe(recipe, sizes, errors, _units(groups, recipe), bits, candidates)
         log.info("mixed precision (%s) for %.3f bits per weight: %d layer overrides", allocation, bits,
                  len(recipe.overrides))
@@ -625,6 +630,27 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
         metadata["probe"] = probe_record
     save(Path(dst), tensors, config=packed.config, tokenizer=packed.tokenizer, metadata=metadata)
     return recipe, reports
+
+
+def _gains(floats, stats, units, errors, candidates, recipe: Recipe, bars) -> dict:
+    """mixed.algorithm_gains of the units whose algorithm is not round to nearest (1 for the others)."""
+    from edgeq.calibrate import mixed
+
+    def by_algorithm(name, w, grid):
+        config = replace(recipe.for_layer(name), qtype=grid.qtype, group_size=grid.group_size,
+                         symmetric=grid.symmetric)
+        return _quantize_layer(w, config, stats.get(name))
+
+    searched = [u for u in units if any(recipe.for_layer(n).algorithm not in ANY_QTYPE for n in u)]
+    gains = {u[0]: {candidates[c].qtype: 1.0 for c in errors[u[0]]} for u in units}
+    bar = bars.bar(len(searched), "measuring the algorithm's gains", "layer")
+    try:
+        gains.update(mixed.algorithm_gains(floats, stats, searched, errors, candidates, by_algorithm,
+                                           on_unit=bar.update if bar else None))
+    finally:
+        if bar:
+            bar.close()
+    return gains
 
 
 def _probed(model, packed, units, relative, samples, candidates, bars) -> tuple[dict, dict]:

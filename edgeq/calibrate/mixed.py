@@ -150,13 +150,53 @@ def relative_errors(weights: Mapping[str, np.ndarray], stats: Mapping[str, Input
         sizes[key] = sum(int(np.asarray(weights[n]).size) for n in unit)
         errors[key] = {}
         mats = [np.asarray(weights[n], dtype=np.float32) for n in unit]
-        energies = [max(output_error(w, np.zeros_like(w), stats[n].gram), 1e-30) for n, w in zip(unit, mats)]
         for cand, grid in candidates.items():
             if any(w.shape[1] % grid.group_size for w in mats):
                 continue
-            errors[key][cand] = sum(output_error(w, grid.rtn(w).dequantize(), stats[n].gram) / energy
-                                    for n, w, energy in zip(unit, mats, energies))
+            errors[key][cand] = _relative(unit, mats, stats, lambda name, w, g=grid: g.rtn(w))
     return sizes, errors
+
+
+def _relative(unit, mats, stats, quantize: Callable) -> float:
+    """Relative output error of a unit, sum over its layers of ||X (W - Q)^T||^2 / ||X W^T||^2
+    with Q = quantize(name, W)."""
+    total = 0.0
+    for name, w in zip(unit, mats):
+        energy = max(output_error(w, np.zeros_like(w), stats[name].gram), 1e-30)
+        total += output_error(w, quantize(name, w).dequantize(), stats[name].gram) / energy
+    return total
+
+
+def algorithm_gains(weights: Mapping[str, np.ndarray], stats: Mapping[str, InputStats],
+                    units: list[tuple[str, ...]], errors: Mapping[str, Mapping[str, float]],
+                    candidates: Mapping[str, Grid], quantize: Callable[[str, np.ndarray, Grid], object],
+                    on_unit: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
+    """How much a unit's algorithm lowers round to nearest's output error, per qtype: unit ->
+    qtype -> r_alg / r_rtn, both relative output errors at the coarsest group of that qtype the
+    unit lists in `errors`. quantize(name, w, grid) -> QTensor quantizes one layer by its
+    algorithm. GPTQ cuts the error 4x to 60x on SmolLM2's layers, differently per layer, so
+    an allocation from round to nearest's errors alone misjudges which layers cost most."""
+    gains = {}
+    for unit in units:
+        key = unit[0]
+        mats = [np.asarray(weights[n], dtype=np.float32) for n in unit]
+        gains[key] = {}
+        for qtype in sorted({candidates[c].qtype for c in errors[key]}):
+            grid = max((candidates[c] for c in errors[key] if candidates[c].qtype == qtype),
+                       key=lambda g: g.group_size)
+            rtn = _relative(unit, mats, stats, lambda name, w: grid.rtn(w))
+            ours = _relative(unit, mats, stats, lambda name, w: quantize(name, w, grid))
+            gains[key][qtype] = ours / rtn if rtn > 0 else 1.0
+        if on_unit is not None:
+            on_unit()
+    return gains
+
+
+def with_gains(errors: Mapping[str, Mapping[str, float]], gains: Mapping[str, Mapping[str, float]],
+               candidates: Mapping[str, Grid]) -> dict[str, dict[str, float]]:
+    """errors (round to nearest's: relative_errors or probed_errors) times each unit's
+    algorithm_gains at the candidate's qtype."""
+    return {key: {c: e * gains[key][candidates[c].qtype] for c, e in errs.items()} for key, errs in errors.items()}
 
 
 def probed_errors(loss_with: Callable[[dict[str, np.ndarray]], float], weights: Mapping[str, np.ndarray],
