@@ -118,6 +118,13 @@ def _param(text: str) -> tuple:
         return key, value
 
 
+def _activations(args) -> dict | None:
+    """quantize's activations option from --static-activations / --integer-ffn."""
+    if args.integer_ffn:
+        return {"mode": "static", "integer_ffn": True}
+    return {"mode": "static"} if args.static_activations else None
+
+
 def cmd_quantize(args) -> int:
     from edgeq.calibrate import quantize
     try:
@@ -128,7 +135,7 @@ def cmd_quantize(args) -> int:
                            symmetric=False if args.asymmetric else None, calib=args.calib,
                            samples=args.samples, seq_len=args.seq_len, seed=args.seed,
                            sequential=True if args.sequential else None,
-                           activations="static" if args.static_activations else None,
+                           activations=_activations(args),
                            rotation="hadamard" if args.rotate else None)
     except (FormatError, UnsupportedError, FileNotFoundError):
         raise
@@ -269,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static-activations", action="store_true",
                    help="store calibrated int8 input scales (BERT encoders and llama-family decoders; "
                         "a decoder with them runs its numpy path, not the fused steps)")
+    p.add_argument("--integer-ffn", action="store_true",
+                   help="static activations with BERT's ffn_up -> GELU -> ffn_down on integer codes "
+                        "(FFN inputs scaled per tensor; int8 per-row ffn_up weights)")
     p.add_argument("--rotate", action="store_true",
                    help="rotate the residual stream first (randomized Hadamard; the same function, "
                         "much better with --algo gptq at 2-3 bits; llama-family models)")

@@ -16,7 +16,8 @@ parameters), params (some of the algorithm's parameters, e.g. {"act_order": True
 "grid_search": True} for GPTQ with act order and grid search, "gptq+" in the tables), calib /
 samples / seq_len / seed (calibration text and windows), sequential (each block calibrated on
 the outputs of the blocks already quantized: edgeq.calibrate.sequential, llama-family
-decoders), activations ("dynamic" | "static", or an ActivationConfig) and bits (a
+decoders), activations ("dynamic" | "static", a mapping of the ActivationConfig fields to
+change, e.g. {"mode": "static", "integer_ffn": True}, or an ActivationConfig) and bits (a
 bits-per-weight budget: mixed precision over the linear layers) with allocation (how the budget
 is spread: "output-error", each layer's relative output error, or "probed", the model's own KL
 divergence from the float model with each layer alone at int2, measured on two 128-token
@@ -32,6 +33,7 @@ import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass
+from typing import Mapping
 from pathlib import Path
 
 from edgeq.calibrate import driver
@@ -116,10 +118,12 @@ def build_recipe(recipe=None, *, qtype=None, algorithm=None, group_size=None, sy
         recipe = dataclasses.replace(recipe, calibration=dataclasses.replace(recipe.calibration, **cal))
     if activations is not None:
         if isinstance(activations, str):
-            activations = dataclasses.replace(recipe.activations, mode=activations)
+            activations = {"mode": activations}
+        if isinstance(activations, Mapping):  # some fields changed
+            activations = dataclasses.replace(recipe.activations, **activations)
         if not isinstance(activations, ActivationConfig):
-            raise TypeError(f"activations must be 'dynamic', 'static' or an ActivationConfig, "
-                            f"got {activations!r}")
+            raise TypeError(f"activations must be 'dynamic', 'static', a mapping of ActivationConfig "
+                            f"fields or an ActivationConfig, got {activations!r}")
         recipe = dataclasses.replace(recipe, activations=activations)
     if rotation is not None:
         if isinstance(rotation, str):

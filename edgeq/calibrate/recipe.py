@@ -22,7 +22,8 @@ to_json() is the dict stored in the .eqm header's metadata, so every file says h
         algorithm: smoothquant
         params: {alpha: 0.5}
     calibration: {source: pydoc, samples: 64, seq_len: 512, seed: 0, sequential: false}
-    activations: {mode: dynamic}  # or {mode: static, observer: percentile, granularity: block}
+    activations: {mode: dynamic}  # or {mode: static, observer: percentile, granularity: block,
+                                  #     integer_ffn: false}
     rotation: {mode: none}        # or {mode: hadamard, seed: 0}: llama-family decoders
 
 An override that changes the algorithm without giving params gets that algorithm's defaults.
@@ -168,12 +169,16 @@ class CalibrationSettings:
 @dataclass(frozen=True)
 class ActivationConfig:
     """How the linear layers' int8 inputs are scaled at run time: "dynamic" (per token, by the
-    runtime) or "static" (calibrated scales stored in the file)."""
+    runtime) or "static" (calibrated scales stored in the file). integer_ffn (static, BERT):
+    the FFN's inputs get one scale per tensor whatever the granularity, and ffn_up's output
+    scale is stored, so that ffn_up -> GELU -> ffn_down runs on integer codes
+    (edgeq.calibrate.static)."""
 
     mode: str = "dynamic"
     observer: str = "percentile"
     granularity: str = "block"
     block: int = 32
+    integer_ffn: bool = False
 
     def __post_init__(self):
         from edgeq.calibrate.observers import METHODS
@@ -185,6 +190,8 @@ class ActivationConfig:
             raise ValueError(f"granularity must be 'block' or 'tensor', got {self.granularity!r}")
         if self.block <= 0:
             raise ValueError(f"block must be positive, got {self.block}")
+        if self.integer_ffn and self.mode != "static":
+            raise ValueError("integer_ffn needs static activations (mode 'static')")
 
 
 @dataclass(frozen=True)

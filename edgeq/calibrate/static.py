@@ -17,6 +17,12 @@ scale = T / 127 (observers.activation_scale). Stored per layer as the float32 te
 "<layer>.input_scale" (e.g. "blk.0.attn_qkv.input_scale", shape (k/block,) or (1,)), next to
 the weight "<layer>.weight"; the recipe in the metadata says how they were made.
 
+With granularity "tensor", or integer_ffn (which scales the FFN's inputs per tensor and the
+other layers by `granularity`), calibrate_scales also stores each BERT layer's ffn_up output
+scale, from the same capture pass: h = x W^T + b on the kept ffn_up input rows (float
+weight), T = max |h|, s_y = T / 32767, as the float32 tensor "blk.N.ffn_up.output_scale"
+shape (1,).
+
 Run time (install, called by edgeq.load when the file has such tensors): BERT's Dense layers
 take the scales (Dense.act_scale, passed to edgeq.linear as act_scale). The llama-family
 decoder takes them per projection (LlamaModel.set_static_scales, by the names of
@@ -27,8 +33,16 @@ decoder runs its numpy path: the fused C / Numba steps quantize activations dyna
 ffn_down input of a model with ffn_rotation is the rotated SwiGLU output, in calibration and at
 run time alike. Scale tensors of unknown layers, of the wrong shape or dtype, or not finite and
 >= 0 raise FormatError.
-Integer requantization between layers (int8 outputs feeding the next layer without a float
-round trip) is not done: each layer still returns float32.
+
+Integer requantization between layers, where BERT's graph allows it: a layer whose ffn_up
+weight is int8 symmetric per row, whose ffn_up and ffn_down input scales are per tensor and
+whose file carries ffn_up's output scale (checked: float, shape (1,), finite, > 0, else
+FormatError) runs ffn_up -> GELU -> ffn_down on integer codes (Layer.integer_ffn,
+edgeq.models.bert_integer_ffn: int32 accumulators, per-channel fixed-point requantization to
+int16, GELU as an int16 -> int8 table); the others run the float round trip, and why is
+logged once at INFO. Attention (softmax) and the LayerNorms stay float: every layer still
+hands float32 to the residual. The decoder's SwiGLU multiplies two projections' outputs, so
+it has no such single-input step.
 """
 
 from __future__ import annotations
@@ -44,11 +58,14 @@ from edgeq.calibrate.recipe import ActivationConfig
 from edgeq.errors import FormatError, UnsupportedError
 from edgeq.linear import activation_block
 from edgeq.loader import STATIC_SCALE_SUFFIX
+from edgeq.models.bert_integer_ffn import Y_QMAX, IntegerFFN
 from edgeq.qtypes import QTensor
 
 log = logging.getLogger(__name__)
 
 SUFFIX = STATIC_SCALE_SUFFIX
+#: ffn_up's int16 output scale (the integer FFN): "blk.N.ffn_up.output_scale", shape (1,)
+OUTPUT_SUFFIX = ".output_scale"
 #: input rows kept per layer for the observers (percentile, MSE and KL need the values)
 MAX_ROWS = 8192
 #: BERT Dense attribute -> layer name suffix
@@ -80,10 +97,14 @@ class _Rows:
         return rows[::step]
 
 
-def thresholds(rows: np.ndarray, config: ActivationConfig) -> np.ndarray:
-    """Thresholds of input rows (n, k): (k/block,) for "block", (1,) for "tensor"."""
+def _ffn_layer(name: str) -> bool:
+    return name.endswith(("ffn_up.weight", "ffn_down.weight"))
+
+
+def thresholds(rows: np.ndarray, config: ActivationConfig, per_tensor: bool = False) -> np.ndarray:
+    """Thresholds of input rows (n, k): (k/block,) for "block", (1,) for "tensor" or per_tensor."""
     n, k = rows.shape
-    if config.granularity == "tensor" or k % config.block:
+    if per_tensor or config.granularity == "tensor" or k % config.block:
         return observe(rows, config.observer).reshape(1)
     nb = k // config.block
     per_block = rows.reshape(n, nb, config.block).transpose(0, 2, 1).reshape(-1, nb)
@@ -103,16 +124,83 @@ def calibrate_scales(model, samples, groups: Sequence[InputGroup], config: Activ
         for name in group.layers[1:]:
             sinks[name] = lambda x: None
     capture(model, samples, sinks)
-    out = {}
+    integer_ffn = config.integer_ffn or config.granularity == "tensor"
+    out = _ffn_up_output_scales(model, rows) if integer_ffn else {}
     for group, seen in rows.items():
         if not seen.parts:
             raise ValueError(f"the model never multiplied {group.layers[0]!r}")
-        scales = activation_scale(thresholds(seen.values(), config))
+        per_tensor = config.integer_ffn and _ffn_layer(group.layers[0])
+        scales = activation_scale(thresholds(seen.values(), config, per_tensor))
         for name in group.layers:
             out[scale_name(name)] = scales
         log.info("%s: %d input rows, int8 scales %.4g .. %.4g", group.layers[0], seen.seen,
                  scales.min(), scales.max())
     return out
+
+
+def output_scale_name(weight_name: str) -> str:
+    """"blk.0.ffn_up.weight" -> "blk.0.ffn_up.output_scale"."""
+    return weight_name.removesuffix(".weight") + OUTPUT_SUFFIX
+
+
+def _ffn_up_output_scales(model, rows: Mapping[InputGroup, "_Rows"]) -> dict[str, np.ndarray]:
+    """{"blk.N.ffn_up.output_scale": (1,) float32 s_y} of a BERT model, from the ffn_up input
+    rows kept by the capture pass: h = x W^T + b with the model's (float or dequantized)
+    weight, T = max |h| (minmax: int16 codes are fine enough that clipping the tail buys
+    nothing, and a clipped pre-activation would change GELU's large outputs), s_y = T / 32767."""
+    if not hasattr(model, "layers"):
+        return {}
+    out = {}
+    for group, seen in rows.items():
+        name = group.layers[0]
+        if not name.endswith("ffn_up.weight") or not seen.parts:
+            continue
+        dense = model.layers[group.block].up
+        w_t = dense.weight.dequantize().T if dense.quantized else dense.weight  # (dim, ffn)
+        x = seen.values()
+        t = np.float32(0)
+        for start in range(0, x.shape[0], 1024):  # 1024 rows at a time: a few MB of outputs
+            h = x[start:start + 1024] @ w_t
+            if dense.bias is not None:
+                h += dense.bias
+            t = max(t, observe(h, "minmax"))
+        out[output_scale_name(name)] = np.array([t / Y_QMAX], dtype=np.float32)
+        log.info("%s: int16 output threshold %.4g", name, t)
+    return out
+
+
+def _output_scale(model, tensors: Mapping, name: str) -> float:
+    """The checked s_y of tensor `name`: float, shape (1,), finite and > 0."""
+    t = tensors[name]
+    where = f"{getattr(model, 'path', '?')}: tensor {name!r}"
+    if isinstance(t, QTensor) or not np.issubdtype(np.asarray(t).dtype, np.floating):
+        raise FormatError(f"{where}: expected a float32 array, got {getattr(t, 'dtype', type(t).__name__)}")
+    s = np.asarray(t, dtype=np.float32)
+    if s.shape != (1,):
+        raise FormatError(f"{where}: shape {s.shape}, expected (1,) (one int16 output scale)")
+    if not (np.isfinite(s[0]) and s[0] > 0):
+        raise FormatError(f"{where}: the output scale must be finite and > 0, got {s[0]!r}")
+    return float(s[0])
+
+
+def _install_integer_ffn(model, tensors: Mapping) -> None:
+    """Give every BERT layer whose FFN qualifies its IntegerFFN (edgeq.models.bert_integer_ffn,
+    after the input scales are in); the others keep the float FFN, and why is logged once."""
+    why = []
+    for i, layer in enumerate(model.layers):
+        name = f"blk.{i}.ffn_up{OUTPUT_SUFFIX}"
+        layer.integer_ffn = None
+        if name not in tensors:
+            why.append(f"{name!r} is missing (it is calibrated with activations integer_ffn or granularity 'tensor')")
+            continue
+        layer.integer_ffn, reason = IntegerFFN.of(layer.up, layer.down, _output_scale(model, tensors, name),
+                                                  model.activation)
+        if reason:
+            why.append(f"layer {i}: {reason}")
+    count = sum(layer.integer_ffn is not None for layer in model.layers)
+    if why:
+        log.info("static mode: integer FFN in %d of %d layers, float FFN in the others: %s",
+                 count, len(model.layers), why[0])
 
 
 def install(model, tensors: Mapping) -> int:
@@ -132,26 +220,23 @@ def install(model, tensors: Mapping) -> int:
             if name not in tensors:
                 continue
             dense = getattr(layer, attr)
-            scales = np.asarray(tensors[name], dtype=np.float32)
-            k = dense.shape[1]
-            block = activation_block(k, dense.act_block)
-            if scales.ndim != 1 or scales.size not in (1, k // block):
-                raise FormatError(f"tensor {name!r}: shape {scales.shape} does not give one scale per "
-                                  f"block of {block} of the {k} inputs (or one in all)")
-            if not (np.isfinite(scales).all() and (scales >= 0).all()):
-                raise FormatError(f"tensor {name!r}: scales must be finite and >= 0")
+            scales = checked_scales(_where(tensors), name, tensors[name], dense.shape[1], dense.act_block)
             if dense.quantized:
                 dense.act_scale = scales
                 count += 1
+    _install_integer_ffn(model, tensors)
     return count
 
 
-def _llama_scales(where: str, name: str, tensor, k: int) -> np.ndarray:
-    """Tensor `name` checked as the scales of a llama projection with k inputs: float, 1-D,
-    one per block of the runtime's activation block (or one for all), finite, >= 0."""
-    from edgeq.models.llama import ACT_BLOCK
+def _where(tensors: Mapping) -> str:
+    return str(getattr(tensors, "path", "static scales"))
 
-    block = activation_block(k, ACT_BLOCK)
+
+def checked_scales(where: str, name: str, tensor, k: int, act_block: int | None) -> np.ndarray:
+    """Tensor `name` checked as the static scales of a layer with k inputs quantized per block
+    of act_block (edgeq.linear.activation_block): float, 1-D, one per block (or one for all),
+    finite, >= 0; else FormatError."""
+    block = activation_block(k, act_block)
     dtype = getattr(tensor, "dtype", None)
     if dtype is None or np.dtype(dtype).kind != "f":
         raise FormatError(f"{where}: tensor {name!r} must be a float array of scales, "
@@ -168,14 +253,16 @@ def _llama_scales(where: str, name: str, tensor, k: int) -> np.ndarray:
 def _install_llama(model, tensors: Mapping, names: Sequence[str]) -> int:
     """install() for a LlamaModel: every scale tensor must name one of its projections; a
     fused matrix needs the scales of all its layers, and equal ones (they read one input)."""
-    where = str(getattr(tensors, "path", "static scales"))
+    from edgeq.models.llama import ACT_BLOCK
+
+    where = _where(tensors)
     pairs, used, count = [], set(), 0
     for layers, matrix in model.named_matrices():
         found = [scale_name(n) for n in layers if scale_name(n) in tensors]
         if not found:
             continue
         used.update(found)
-        scales = [_llama_scales(where, n, tensors[n], matrix.shape[1]) for n in found]
+        scales = [checked_scales(where, n, tensors[n], matrix.shape[1], ACT_BLOCK) for n in found]
         if len(found) < len(layers) or any(not np.array_equal(s, scales[0]) for s in scales[1:]):
             raise FormatError(f"{where}: {', '.join(map(scale_name, layers))} must all be present and equal: "
                               f"the model multiplies those layers as one fused matrix")

@@ -13,6 +13,10 @@ Linear layers run on `edgeq.linear` (integer weights, int8 activations quantized
 and per block of `act_block` values) when the file holds QTensors, or as float32 matmuls when
 it holds float arrays (the "float path"); the two can be mixed per tensor.
 
+In static mode (calibrated activation scales, edgeq.calibrate.static) a layer may carry an
+integer FFN (Layer.integer_ffn, edgeq.models.bert_integer_ffn): ffn_up -> GELU -> ffn_down
+on integer codes, its float32 output then goes to the residual and LayerNorm as usual.
+
 Padding never reaches a per-token computation: token states are packed (real tokens only,
 see edgeq.embed), so activation scales, norms and GELU only ever see real tokens. Attention,
 layer norm and GELU run as fused steps (edgeq.models.bert_numba_steps): attention loops
@@ -344,6 +348,9 @@ class Layer:
     up: Dense         # (ffn, dim)
     down: Dense       # (dim, ffn)
     ffn_norm: tuple   # (weight, bias) (dim,)
+    #: static mode's integer up -> activation -> down (edgeq.models.bert_integer_ffn.IntegerFFN,
+    #: set by edgeq.calibrate.static.install); None: the float FFN
+    integer_ffn: object = None
 
 
 @dataclass
@@ -508,6 +515,11 @@ class BertEncoder:
     def dim(self) -> int:
         return self.spec.hidden_size
 
+    @property
+    def activation(self):
+        """The FFN's activation function of the float path, in place (float32 or float64)."""
+        return _ACTIVATION_FN[self.spec.hidden_act]
+
     # --- tokens ----------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Ids per text, truncated to spec.max_tokens (logged once per call when it happens)."""
@@ -548,6 +560,9 @@ class BertEncoder:
         for layer in self.layers:
             ctx = self._attention(layer.qkv(x), layout)
             x = norm(layer.out(ctx), x, *layer.attn_norm, eps)
+            if layer.integer_ffn is not None and layer.up.quantized:  # not while calibration swaps W
+                x = norm(layer.integer_ffn(x), x, *layer.ffn_norm, eps)
+                continue
             h = layer.up(x)
             if chunk is None:
                 activation(h)

@@ -60,7 +60,12 @@ MiniLM (bert part)
                 activations per token and block of 32), W8A8 SmoothQuant (the same with
                 SmoothQuant's alpha 0.5 scaling where BERT has a fold target: attn_output's
                 input, 1/s folded into the v rows of attn_qkv) and W8A8 static (calibrated
-                activation scales stored in the file, edgeq.calibrate.static)
+                activation scales stored in the file, edgeq.calibrate.static); W8A8 static integer
+                FFN (integer_ffn: the FFN's input scales per tensor, the attention's per block, or
+                every layer per tensor; ffn_up -> GELU -> ffn_down on integer codes,
+                edgeq.models.bert_integer_ffn), with the cosine of its float-FFN peer (the same file
+                with the FFN on the float round trip) and both embed times (median of 5 alternated
+                runs; set EDGEQ_THREADS=1 for 1-thread figures)
 """
 
 from __future__ import annotations
@@ -379,16 +384,36 @@ def run_bert(args) -> None:
     stats = driver.collect_stats(model, samples, groups)
     floats = {n: np.asarray(packed[n]) for n in packed}
 
+    def cosines(emb):
+        return np.sum(emb * reference, axis=1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(reference, axis=1))
+
     def score(name, path, **extra):
         m = edgeq.load(path)
-        emb = m.embed(texts)
-        cos = np.sum(emb * reference, axis=1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(reference, axis=1))
+        cos = cosines(m.embed(texts))
         results.add({"name": name, "mean_cos": float(cos.mean()), "min_cos": float(cos.min()),
                      "bpw": round(linear_bits(open_packed(path), block_names), 4),
                      "file_mb": Path(path).stat().st_size / 1e6, **extra})
 
-    def quantized(name, recipe):
-        if name in results:
+    def integer_ffn_peer(path, repeats=5) -> dict:
+        """The same file with its FFNs forced to the float round trip (the peer): its mean
+        cosine, and the embed seconds of both (median of `repeats` alternated runs)."""
+        integer, peer = edgeq.load(path), edgeq.load(path)
+        taken = sum(layer.integer_ffn is not None for layer in integer.layers)
+        for layer in peer.layers:
+            layer.integer_ffn = None
+        times = {"integer": [], "float": []}
+        for _ in range(repeats):
+            for key, m in (("integer", integer), ("float", peer)):
+                t0 = time.perf_counter()
+                m.embed(texts)
+                times[key].append(time.perf_counter() - t0)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        return {"integer_ffn_layers": taken, "mean_cos_float_ffn": float(cosines(peer.embed(texts)).mean()),
+                "embed_s_integer_ffn": round(med["integer"], 3), "embed_s_float_ffn": round(med["float"], 3),
+                "float_over_integer": round(med["float"] / med["integer"], 3)}
+
+    def quantized(name, recipe, peer=None):
+        if name in results or not wanted(args, name):
             return
         t0 = time.perf_counter()
         result = driver.quantize_tensors(floats, stats, recipe, groups)
@@ -398,7 +423,8 @@ def run_bert(args) -> None:
         path = args.workdir / "minilm-candidate.eqm"
         save(path, tensors, config=packed.config, tokenizer=packed.tokenizer,
              metadata={"recipe": recipe.to_json()})
-        score(name, path, quantize_s=round(time.perf_counter() - t0, 1))
+        quantize_s = round(time.perf_counter() - t0, 1)
+        score(name, path, quantize_s=quantize_s, **(peer(path) if peer else {}))
 
     for algo in ("rtn", "gptq", "awq", "hqq"):
         quantized(f"int4 g32 sym {algo}", Recipe(WeightConfig("int4", 32, True, algo)))
@@ -410,6 +436,14 @@ def run_bert(args) -> None:
     for observer in ("minmax", "percentile"):  # "mse" is as good here and 20x slower
         quantized(f"W8A8 static ({observer})",
                   Recipe(w8, activations=static.ActivationConfig("static", observer)))
+    # ffn_up -> GELU -> ffn_down on integer codes (edgeq.models.bert_integer_ffn); the row also
+    # scores its float-FFN peer (same file and scales) and times both
+    for observer in ("percentile", "mse"):
+        quantized(f"W8A8 static integer FFN ({observer}; FFN per tensor)",
+                  Recipe(w8, activations=static.ActivationConfig("static", observer, integer_ffn=True)),
+                  integer_ffn_peer)
+    quantized("W8A8 static integer FFN (percentile; every layer per tensor)",
+              Recipe(w8, activations=static.ActivationConfig("static", "percentile", "tensor")), integer_ffn_peer)
 
 
 def wanted(args, name: str) -> bool:
