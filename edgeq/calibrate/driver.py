@@ -591,7 +591,13 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
             s, e = mixed.relative_errors(floats, stats, units, candidates)
             sizes.update(s)
             errors.update(e)
-            gains.update(_gains(floats, stats, units, e, candidates, recipe, bars))
+            bar = bars.bar(len(units), "measuring the algorithm's gains", "layer")
+            try:
+                gains.update(recipe_gains(floats, stats, units, e, candidates, recipe,
+                                          on_unit=bar.update if bar else None))
+            finally:
+                if bar:
+                    bar.close()
         if allocation == "probed":
             errors, probe_record = _probed(model, packed, _units(groups, recipe), errors, samples, candidates, bars)
         errors = mixed.with_gains(errors, gains, candidates)
@@ -632,8 +638,10 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
     return recipe, reports
 
 
-def _gains(floats, stats, units, errors, candidates, recipe: Recipe, bars) -> dict:
-    """mixed.algorithm_gains of the units whose algorithm is not round to nearest (1 for the others)."""
+def recipe_gains(floats, stats, units, errors, candidates, recipe: Recipe, *,
+                 on_unit: Callable[[], None] | None = None) -> dict:
+    """mixed.algorithm_gains of the units whose algorithm (recipe.for_layer) is not round to
+    nearest, each layer quantized by its own algorithm and parameters; 1 for the others."""
     from edgeq.calibrate import mixed
 
     def by_algorithm(name, w, grid):
@@ -643,13 +651,7 @@ def _gains(floats, stats, units, errors, candidates, recipe: Recipe, bars) -> di
 
     searched = [u for u in units if any(recipe.for_layer(n).algorithm not in ANY_QTYPE for n in u)]
     gains = {u[0]: {candidates[c].qtype: 1.0 for c in errors[u[0]]} for u in units}
-    bar = bars.bar(len(searched), "measuring the algorithm's gains", "layer")
-    try:
-        gains.update(mixed.algorithm_gains(floats, stats, searched, errors, candidates, by_algorithm,
-                                           on_unit=bar.update if bar else None))
-    finally:
-        if bar:
-            bar.close()
+    gains.update(mixed.algorithm_gains(floats, stats, searched, errors, candidates, by_algorithm, on_unit=on_unit))
     return gains
 
 

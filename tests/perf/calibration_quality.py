@@ -36,7 +36,9 @@ SmolLM2 (llama part)
                 alone at int2 g96, carried to the other widths by relative output errors),
                 candidates mixed.LOW_BIT_CANDIDATES, at each --probed-budgets bits per weight,
                 every layer by gptq+: what `edgeq quantize --allocation probed` does, on the
-                same probe windows (probe.probe_windows of the calibration samples)
+                same probe windows (probe.probe_windows of the calibration samples), with the
+                sensitivities scaled by gptq+'s gain per layer and qtype (driver.recipe_gains,
+                rows "... (gptq gains)"; earlier rows without the suffix had no gains)
     --float-eval the candidates' block weights dequantized into the float reference model (no int8
                 activations): a weights-only score, much faster for int2 / int3, whose products
                 run on the per-step path; such rows are named "... [float eval]"
@@ -316,11 +318,12 @@ def run_llama(args) -> None:
             quantized(key, r, allocate_s=round(time.perf_counter() - t0, 1), method="mixed gptq+",
                       type="int2..int4")
     for budget in args.probed_budgets:
-        key = f"mixed-probed gptq+ <= {budget:.4f} bpw"
+        key = f"mixed-probed gptq+ <= {budget:.4f} bpw (gptq gains)"
         if named(key) not in results and wanted(args, named(key)):
             t0 = time.perf_counter()
             units = [(n,) for g in groups for n in g.layers]
             sizes, errors = probed_sensitivities(args, model, samples, floats, get_stats, units)
+            errors = mixed.with_gains(errors, gptq_gains(args, floats, get_stats, units), mixed.LOW_BIT_CANDIDATES)
             r = mixed.budget_recipe(recipe("int4", 64, "gptq+"), sizes, errors, units, budget,
                                     mixed.LOW_BIT_CANDIDATES)
             picked = [r.for_layer(n) for (n,) in units]
@@ -330,6 +333,22 @@ def run_llama(args) -> None:
     for algo in COLUMN_ORDER:
         for qtype, group in LLAMA_GRIDS:
             grid_row(qtype, group, algo)
+
+
+def gptq_gains(args, floats, get_stats, units):
+    """driver.recipe_gains of gptq+ over mixed.LOW_BIT_CANDIDATES, as `edgeq quantize --bits`
+    scales its sensitivities by for a GPTQ recipe; cached in WORKDIR as JSON."""
+    path = args.workdir / f"gains-{args.samples}x{args.seq_len}{'-rotated' * args.rotate}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    candidates = mixed.LOW_BIT_CANDIDATES
+    _, relative = mixed.relative_errors(floats, get_stats(), units, candidates)
+    base = Recipe(WeightConfig("int4", 64, False, "gptq", GPTQ_BEST))
+    gains = driver.recipe_gains(floats, get_stats(), units, relative, candidates, base)
+    log.info("gptq+ gains of %d layers in %.0f s", len(units), time.perf_counter() - t0)
+    path.write_text(json.dumps(gains))
+    return gains
 
 
 def probed_sensitivities(args, model, samples, floats, get_stats, units):
