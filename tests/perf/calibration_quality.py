@@ -38,7 +38,8 @@ SmolLM2 (llama part)
                 every layer by gptq+: what `edgeq quantize --allocation probed` does, on the
                 same probe windows (probe.probe_windows of the calibration samples), with the
                 sensitivities scaled by gptq+'s gain per layer and qtype (driver.recipe_gains,
-                rows "... (gptq gains)"; earlier rows without the suffix had no gains)
+                rows "... gptq gains)"; the mixed rows without it were allocated before the
+                gains existed)
     --float-eval the candidates' block weights dequantized into the float reference model (no int8
                 activations): a weights-only score, much faster for int2 / int3, whose products
                 run on the per-step path; such rows are named "... [float eval]"
@@ -309,12 +310,14 @@ def run_llama(args) -> None:
     for name, _, nominal in LLAMACPP:
         budget = min(nominal, bpw[name])
         base = recipe("int4", 64, "gptq+")
-        key = f"mixed gptq+ <= {budget:.4f} bpw (vs {name})"
+        key = f"mixed gptq+ <= {budget:.4f} bpw (vs {name}, gptq gains)"
         if named(key) not in results and wanted(args, named(key)):
             t0 = time.perf_counter()
             units = [(n,) for g in groups for n in g.layers]
             sizes, errors = mixed.relative_errors(floats, get_stats(), units)
-            r = mixed.budget_recipe(base, sizes, errors, units, budget)
+            gains = gptq_gains(args, floats, get_stats, units, mixed.DEFAULT_CANDIDATES, "default")
+            r = mixed.budget_recipe(base, sizes, mixed.with_gains(errors, gains, mixed.DEFAULT_CANDIDATES),
+                                    units, budget)
             quantized(key, r, allocate_s=round(time.perf_counter() - t0, 1), method="mixed gptq+",
                       type="int2..int4")
     for budget in args.probed_budgets:
@@ -323,7 +326,8 @@ def run_llama(args) -> None:
             t0 = time.perf_counter()
             units = [(n,) for g in groups for n in g.layers]
             sizes, errors = probed_sensitivities(args, model, samples, floats, get_stats, units)
-            errors = mixed.with_gains(errors, gptq_gains(args, floats, get_stats, units), mixed.LOW_BIT_CANDIDATES)
+            gains = gptq_gains(args, floats, get_stats, units, mixed.LOW_BIT_CANDIDATES, "low-bit")
+            errors = mixed.with_gains(errors, gains, mixed.LOW_BIT_CANDIDATES)
             r = mixed.budget_recipe(recipe("int4", 64, "gptq+"), sizes, errors, units, budget,
                                     mixed.LOW_BIT_CANDIDATES)
             picked = [r.for_layer(n) for (n,) in units]
@@ -335,14 +339,13 @@ def run_llama(args) -> None:
             grid_row(qtype, group, algo)
 
 
-def gptq_gains(args, floats, get_stats, units):
-    """driver.recipe_gains of gptq+ over mixed.LOW_BIT_CANDIDATES, as `edgeq quantize --bits`
-    scales its sensitivities by for a GPTQ recipe; cached in WORKDIR as JSON."""
-    path = args.workdir / f"gains-{args.samples}x{args.seq_len}{'-rotated' * args.rotate}.json"
+def gptq_gains(args, floats, get_stats, units, candidates, label):
+    """driver.recipe_gains of gptq+ over `candidates` (named `label` in the cache), as `edgeq
+    quantize --bits` scales its sensitivities by for a GPTQ recipe; cached in WORKDIR as JSON."""
+    path = args.workdir / f"gains-{label}-{args.samples}x{args.seq_len}{'-rotated' * args.rotate}.json"
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
-    candidates = mixed.LOW_BIT_CANDIDATES
     _, relative = mixed.relative_errors(floats, get_stats(), units, candidates)
     base = Recipe(WeightConfig("int4", 64, False, "gptq", GPTQ_BEST))
     gains = driver.recipe_gains(floats, get_stats(), units, relative, candidates, base)
