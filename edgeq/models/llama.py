@@ -319,6 +319,11 @@ class LlamaModel:
             log.info("%s: the numpy path runs: %s", self.path, why)
         self.fast_path, self._steps, self.steps_backend, self._whole_pass = False, None, None, None
 
+    def static_scales(self, matrix) -> np.ndarray | None:
+        """The static activation scales `matrix`'s input is quantized on (set_static_scales),
+        or None: dynamic, each token by its own maxima."""
+        return self._act_scales.get(id(matrix))
+
     def _matrices(self) -> list:
         return [self.output] + [m for b in self.blocks for m in (*b.qkv, b.wo, *b.gate_up, b.w_down)]
 
@@ -505,7 +510,7 @@ class LlamaModel:
     def _project(self, x: np.ndarray, w) -> np.ndarray:
         if isinstance(w, QTensor):
             return linear(x, w, backend=self.backend, act_block=ACT_BLOCK,
-                          act_scale=self._act_scales.get(id(w)))
+                          act_scale=self.static_scales(w))
         return x @ w.T
 
     def _project_all(self, x: np.ndarray, matrices: tuple) -> np.ndarray:
