@@ -64,25 +64,36 @@ def swap_weights(model, replaced: Mapping[str, np.ndarray]) -> Callable[[], None
     saved = list(model.blocks)
     try:
         for name, w in replaced.items():
-            parts = name.split(".")
-            if len(parts) != 4 or parts[0] != "blk" or not parts[1].isdigit() or parts[2] not in BLOCK_SLOTS \
-                    or int(parts[1]) >= len(saved) or parts[3] not in ("weight", "bias") \
-                    or parts[3] == "bias" and (parts[2] not in _BIAS_SLOTS or model.blocks[int(parts[1])].qkv_bias is None):
-                raise ValueError(f"{name!r} is not a block weight of this model "
-                                 f"(blk.<0..{len(saved) - 1}>.<{'|'.join(BLOCK_SLOTS)}>.weight, or a q/k/v bias)")
-            i, block = int(parts[1]), model.blocks[int(parts[1])]
-            if parts[3] == "bias":
-                bias = block.qkv_bias.copy()
-                bias[_bias_rows(model.config, parts[2])] = w
-                model.blocks[i] = dataclasses.replace(block, qkv_bias=bias)
+            i, kind, bias = _slot(model, name)
+            block = model.blocks[i]
+            if bias:
+                values = block.qkv_bias.copy()
+                values[_bias_rows(model.config, kind)] = w
+                model.blocks[i] = dataclasses.replace(block, qkv_bias=values)
                 continue
-            field, pos = BLOCK_SLOTS[parts[2]]
+            field, pos = BLOCK_SLOTS[kind]
             value = w if pos is None else tuple(w if j == pos else m for j, m in enumerate(getattr(block, field)))
             model.blocks[i] = dataclasses.replace(block, **{field: value})
     except BaseException:
         model.blocks[:] = saved
         raise
     return lambda: model.blocks.__setitem__(slice(None), saved)
+
+
+def _slot(model, name: str) -> tuple[int, str, bool]:
+    """"blk.<i>.<kind>.weight|bias" -> (i, kind, is a bias); ValueError for any other name."""
+    parts = name.split(".")
+    ok = len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and int(parts[1]) < len(model.blocks)
+    if ok and parts[3] == "weight":
+        ok = parts[2] in BLOCK_SLOTS
+    elif ok and parts[3] == "bias":
+        ok = parts[2] in _BIAS_SLOTS and model.blocks[int(parts[1])].qkv_bias is not None
+    else:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name!r} is not a block weight of this model "
+                         f"(blk.<0..{len(model.blocks) - 1}>.<{'|'.join(BLOCK_SLOTS)}>.weight, or a q/k/v bias)")
+    return int(parts[1]), parts[2], parts[3] == "bias"
 
 
 _BIAS_SLOTS = ("attn_q", "attn_k", "attn_v")
