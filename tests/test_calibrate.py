@@ -1165,10 +1165,10 @@ def test_sequential_calibrates_each_block_on_the_quantized_blocks_before_it(tmp_
                for g in second for n in g.layers)
 
 
-def test_sequential_recipe_through_the_cli_and_its_refusal_for_bert(smollm2_slice, minilm_slice, tmp_path, capsys):
+def test_sequential_recipe_through_the_cli_and_the_architectures_refused(smollm2_slice, minilm_slice, tmp_path, capsys):
     """One block: sequential calibration sees the float model's inputs, so it gives the same
-    file as the default; the recipe in the file says how it was made. BERT is refused before
-    anything is written."""
+    file as the default; the recipe in the file says how it was made. BERT is refused
+    sequential calibration, a decoder the integer FFN, before anything is written."""
     common = ["--qtype", "int3", "--algo", "gptq", "--group-size", "64", "--samples", "2", "--seq-len", "32",
               "--calib", str(smollm2_slice.parent / "calib.txt"), "--no-progress"]
     assert cli_main(["quantize", str(smollm2_slice), "-o", str(tmp_path / "seq.eqm"), "--sequential", *common]) == 0
@@ -1185,6 +1185,10 @@ def test_sequential_recipe_through_the_cli_and_its_refusal_for_bert(smollm2_slic
     assert not (tmp_path / "bert.eqm").exists()
     recipe = build_recipe(None, sequential=True)
     assert Recipe.from_yaml(recipe.to_yaml()) == recipe and recipe.calibration.sequential
+    with pytest.raises(UnsupportedError, match="integer_ffn"):
+        edgeq.calibrate.quantize(smollm2_slice, tmp_path / "int.eqm", qtype="int8", group_size=0,
+                                 activations={"mode": "static", "integer_ffn": True}, samples=2, seq_len=16)
+    assert not (tmp_path / "int.eqm").exists()
 
 
 def test_swap_weights_replaces_one_part_of_the_qkv_bias(tmp_path):

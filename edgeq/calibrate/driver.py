@@ -553,6 +553,10 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
     config = packed.config or {}
     groups = input_groups(config)
     static_acts = recipe.activations.mode == "static"
+    if recipe.activations.integer_ffn and config.get("architecture") != "bert":
+        raise UnsupportedError(f"integer_ffn runs BERT's ffn_up -> GELU -> ffn_down on integer codes; "
+                               f"{config.get('architecture')!r} has no such step (its SwiGLU multiplies "
+                               f"two projections)")
     layers = [name for g in groups for name in g.layers]
     sequential = recipe.calibration.sequential and any(_needs_stats(recipe.for_layer(n)) for n in layers)
     if sequential and config.get("architecture") not in DECODERS:
