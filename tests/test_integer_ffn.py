@@ -16,6 +16,7 @@ import edgeq
 from edgeq import fixedpoint
 from edgeq.calibrate import static
 from edgeq.calibrate.recipe import ActivationConfig, Recipe
+from edgeq.calibrate.similarity import describe
 from edgeq.cli import main as cli_main
 from edgeq.errors import FormatError
 from edgeq.format import open_packed, save
@@ -244,6 +245,7 @@ def test_bad_output_scales_are_format_errors(w8a8_tensor, value, message):
 def test_integer_ffn_scales_the_ffn_per_tensor_and_attention_per_block(w8a8_tensor):
     packed = open_packed(w8a8_tensor[0])
     assert Recipe.from_json(packed.metadata["recipe"]).activations.integer_ffn is True
+    assert describe(w8a8_tensor[0])[0] == "rtn int8 row, static int8 inputs (percentile), integer FFN"
     for i in range(2):
         assert packed[f"blk.{i}.attn_qkv.input_scale"].shape == (384 // 32,)
         assert packed[f"blk.{i}.attn_output.input_scale"].shape == (384 // 32,)

@@ -68,6 +68,8 @@ def describe(path: Path) -> tuple[str, float | None]:
             method += f" (+{len(r.overrides)} overrides)"
         if r.activations.mode == "static":
             method += f", static int8 inputs ({r.activations.observer})"
+        if r.activations.integer_ffn:
+            method += ", integer FFN"
         if r.rotation.mode != "none":
             method += f", {r.rotation.mode}-rotated"
     names = [n for g in input_groups(packed.config or {}) for n in g.layers]

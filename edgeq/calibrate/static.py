@@ -201,6 +201,8 @@ def _install_integer_ffn(model, tensors: Mapping) -> None:
     if why:
         log.info("static mode: integer FFN in %d of %d layers, float FFN in the others: %s",
                  count, len(model.layers), why[0])
+    else:
+        log.info("static mode: integer FFN in all %d layers", count)
 
 
 def install(model, tensors: Mapping) -> int:
