@@ -119,10 +119,15 @@ def _param(text: str) -> tuple:
 
 
 def _activations(args) -> dict | None:
-    """quantize's activations option from --static-activations / --integer-ffn."""
+    """quantize's activations option from --static-activations / --integer-ffn / --keep-dynamic."""
+    if not (args.static_activations or args.integer_ffn or args.keep_dynamic):
+        return None
+    changes: dict = {"mode": "static"}
     if args.integer_ffn:
-        return {"mode": "static", "integer_ffn": True}
-    return {"mode": "static"} if args.static_activations else None
+        changes["integer_ffn"] = True
+    if args.keep_dynamic:
+        changes["dynamic"] = tuple(args.keep_dynamic)
+    return changes
 
 
 def cmd_quantize(args) -> int:
@@ -279,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--integer-ffn", action="store_true",
                    help="static activations with BERT's ffn_up -> GELU -> ffn_down on integer codes "
                         "(FFN inputs scaled per tensor; int8 per-row ffn_up weights)")
+    p.add_argument("--keep-dynamic", action="append", metavar="PATTERN",
+                   help="static activations, except the layers matching PATTERN (repeatable), e.g. "
+                        "'*.ffn_down.weight': their inputs stay dynamic")
     p.add_argument("--rotate", action="store_true",
                    help="rotate the residual stream first (randomized Hadamard; the same function, "
                         "much better with --algo gptq at 2-3 bits; llama-family models)")

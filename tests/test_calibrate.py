@@ -19,7 +19,7 @@ from edgeq.calibrate.gptq import gptq
 from edgeq.calibrate.grid import Grid
 from edgeq.calibrate.hqq import hqq
 from edgeq.calibrate.mixed import allocate, probed_errors, relative_errors, sensitivities
-from edgeq.calibrate.recipe import (AWQParams, CalibrationSettings, GPTQParams, HQQParams, Override,
+from edgeq.calibrate.recipe import (ActivationConfig, AWQParams, CalibrationSettings, GPTQParams, HQQParams, Override,
                                     Recipe, RotationConfig, SmoothQuantParams, WeightConfig)
 from edgeq.calibrate.rtn import rtn
 from edgeq.calibrate.similarity import describe
@@ -1238,3 +1238,15 @@ def test_algorithm_gains_carry_gptq_into_the_allocation_errors(smollm2_slice):
     for key, errs in errors.items():
         assert scaled[key]["int2 g96"] == errs["int2 g96"] * gains[key]["int2"]
         assert scaled[key]["int4 g64"] == errs["int4 g64"] * gains[key]["int4"]
+
+
+def test_activation_layers_kept_dynamic_in_recipes():
+    keep = Recipe(activations=ActivationConfig("static", dynamic=("*.ffn_down.weight", "blk.0.*")))
+    assert Recipe.from_yaml(keep.to_yaml()) == keep
+    assert Recipe.from_json(json.loads(json.dumps(keep.to_json()))) == keep
+    assert keep.activations.keeps_dynamic("blk.3.ffn_down.weight")
+    assert keep.activations.keeps_dynamic("blk.0.attn_q.weight")
+    assert not keep.activations.keeps_dynamic("blk.1.attn_q.weight")
+    for bad in ("*.ffn_down.weight", ["*.ffn_down.weight", 3], [""]):
+        with pytest.raises(FormatError, match="activations"):
+            Recipe.from_json({"activations": {"mode": "static", "dynamic": bad}})

@@ -23,7 +23,7 @@ to_json() is the dict stored in the .eqm header's metadata, so every file says h
         params: {alpha: 0.5}
     calibration: {source: pydoc, samples: 64, seq_len: 512, seed: 0, sequential: false}
     activations: {mode: dynamic}  # or {mode: static, observer: percentile, granularity: block,
-                                  #     integer_ffn: false}
+                                  #     integer_ffn: false, dynamic: ["*.ffn_down.weight"]}
     rotation: {mode: none}        # or {mode: hadamard, seed: 0}: llama-family decoders
 
 An override that changes the algorithm without giving params gets that algorithm's defaults.
@@ -172,13 +172,15 @@ class ActivationConfig:
     runtime) or "static" (calibrated scales stored in the file). integer_ffn (static, BERT):
     the FFN's inputs get one scale per tensor whatever the granularity, and ffn_up's output
     scale is stored, so that ffn_up -> GELU -> ffn_down runs on integer codes
-    (edgeq.calibrate.static)."""
+    (edgeq.calibrate.static). dynamic (static): fnmatch patterns of the layers whose inputs
+    stay dynamic, e.g. ("*.ffn_down.weight",): no scales are stored for them."""
 
     mode: str = "dynamic"
     observer: str = "percentile"
     granularity: str = "block"
     block: int = 32
     integer_ffn: bool = False
+    dynamic: tuple[str, ...] = ()
 
     def __post_init__(self):
         from edgeq.calibrate.observers import METHODS
@@ -192,6 +194,13 @@ class ActivationConfig:
             raise ValueError(f"block must be positive, got {self.block}")
         if self.integer_ffn and self.mode != "static":
             raise ValueError("integer_ffn needs static activations (mode 'static')")
+        if not all(isinstance(p, str) and p for p in self.dynamic):
+            raise ValueError(f"dynamic must be layer name patterns (non-empty strings), got {self.dynamic!r}")
+        object.__setattr__(self, "dynamic", tuple(self.dynamic))
+
+    def keeps_dynamic(self, layer: str) -> bool:
+        """Whether `layer`'s input is left to dynamic quantization in static mode."""
+        return any(fnmatch.fnmatchcase(layer, p) for p in self.dynamic)
 
 
 @dataclass(frozen=True)
@@ -233,7 +242,7 @@ class Recipe:
         return {"version": self.version, "weights": _config_dict(self.weights),
                 "overrides": [_override_dict(o) for o in self.overrides],
                 "calibration": dataclasses.asdict(self.calibration),
-                "activations": dataclasses.asdict(self.activations),
+                "activations": {**dataclasses.asdict(self.activations), "dynamic": list(self.activations.dynamic)},
                 "rotation": dataclasses.asdict(self.rotation)}
 
     @classmethod
@@ -332,7 +341,12 @@ def _build(where: str, make):
 
 
 def _check(value, hint, where: str):
-    """`value` against a simple type hint (str, int, float, bool, or one of them | None)."""
+    """`value` against a simple type hint (str, int, float, bool, one of them | None, or
+    tuple[str, ...] given as a list)."""
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise FormatError(f"{where}: expected a list of strings, got {value!r}")
     options = typing.get_args(hint) or (hint,)
     if value is None and type(None) in options:
         return value

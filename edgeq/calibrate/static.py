@@ -13,6 +13,9 @@ rows are kept (at most `max_rows`, an even subsample when more arrive) and an ob
                            in that block), so an outlier channel widens only its own block
     granularity "tensor"   one T for the layer
 
+Layers the config keeps dynamic (ActivationConfig.dynamic, fnmatch patterns such as
+"*.ffn_down.weight") get no scales: their inputs are quantized per token at run time.
+
 scale = T / 127 (observers.activation_scale). Stored per layer as the float32 tensor
 "<layer>.input_scale" (e.g. "blk.0.attn_qkv.input_scale", shape (k/block,) or (1,)), next to
 the weight "<layer>.weight"; the recipe in the metadata says how they were made.
@@ -113,12 +116,12 @@ def thresholds(rows: np.ndarray, config: ActivationConfig, per_tensor: bool = Fa
 
 def calibrate_scales(model, samples, groups: Sequence[InputGroup], config: ActivationConfig,
                      *, max_rows: int = MAX_ROWS) -> dict[str, np.ndarray]:
-    """{"<layer>.input_scale": float32 scales} for every layer of `groups`, from the inputs
-    the (float) `model` gives them on `samples`."""
+    """{"<layer>.input_scale": float32 scales} for every layer of `groups` but those the
+    config keeps dynamic, from the inputs the (float) `model` gives them on `samples`."""
     if config.mode != "static":
         raise ValueError("calibrate_scales needs an ActivationConfig with mode 'static'")
     sinks, rows = {}, {}
-    for group in groups:
+    for group in (g for g in groups if not config.keeps_dynamic(g.layers[0])):
         rows[group] = _Rows(max_rows)
         sinks[group.layers[0]] = rows[group]
         for name in group.layers[1:]:

@@ -306,6 +306,10 @@ def run_llama(args) -> None:
     quantized("W8A8 static (percentile)", Recipe(w8, calibration=calibration,
                                                  activations=static.ActivationConfig("static", "percentile")),
               method="rtn", type="int8", group="row")
+    quantized("W8A8 static (percentile), ffn_down dynamic",
+              Recipe(w8, calibration=calibration,
+                     activations=static.ActivationConfig("static", "percentile", dynamic=("*.ffn_down.weight",))),
+              method="rtn", type="int8", group="row")
     bpw = llamacpp_rows(args, results, eval_ids, block_names)
     for name, _, nominal in LLAMACPP:
         budget = min(nominal, bpw[name])
