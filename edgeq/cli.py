@@ -270,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocation", choices=ALLOCATIONS, default="output-error",
                    help="how --bits is spread: each layer's relative output error (default), or "
                         "probed: the model's KL divergence with each layer alone at int2 (better; "
-                        "one forward pass per layer; llama-family models)")
+                        "one forward pass per layer; llama-family models), or probed-gains: probed, "
+                        "scaled by how much the algorithm (e.g. GPTQ) lowers each layer's error "
+                        "(better at 2.5-3.25 bits with --rotate; slower)")
     p.add_argument("--calib", default=None, help="calibration text: plain text or JSON lines (default: pydoc)")
     p.add_argument("--samples", type=int, default=None, help="calibration windows (recipe default 64)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per window (recipe default 512)")

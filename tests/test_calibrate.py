@@ -940,6 +940,27 @@ def test_probed_allocation_is_refused_where_it_cannot_run(minilm_slice, tmp_path
                                  samples=2, seq_len=16)
     with pytest.raises(ValueError, match="give bits"):
         edgeq.calibrate.quantize(minilm_slice, tmp_path / "q.eqm", allocation="probed")
+    with pytest.raises(UnsupportedError, match="llama-family"):
+        edgeq.calibrate.quantize(minilm_slice, tmp_path / "q.eqm", qtype="int4", bits=4.0,
+                                 allocation="probed-gains", samples=2, seq_len=16)
+
+
+def test_probed_gains_allocation_scales_by_gptqs_gains(smollm2_slice, tmp_path, monkeypatch):
+    """--allocation probed-gains measures GPTQ's gain on every layer and allocates on the scaled
+    sensitivities; the plain probed allocation does not measure them."""
+    measured = []
+    original = driver.recipe_gains
+    monkeypatch.setattr(driver, "recipe_gains", lambda *a, **k: measured.append(1) or original(*a, **k))
+    common = ["--algo", "gptq", "--bits", "3.0", "--samples", "2", "--seq-len", "32",
+              "--calib", str(smollm2_slice.parent / "calib.txt"), "--no-progress"]
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(tmp_path / "p.eqm"), "--allocation", "probed",
+                     *common]) == 0
+    assert not measured
+    out = tmp_path / "g.eqm"
+    assert cli_main(["quantize", str(smollm2_slice), "-o", str(out), "--allocation", "probed-gains", *common]) == 0
+    assert measured and open_packed(out).metadata["allocation"] == "probed-gains"
+    layers = [n for g in driver.input_groups(open_packed(out).config) for n in g.layers]
+    assert [o.pattern for o in Recipe.from_json(open_packed(out).metadata["recipe"]).overrides] == layers
     with pytest.raises(ValueError, match="allocation must be one of"):
         edgeq.calibrate.quantize(minilm_slice, tmp_path / "q.eqm", bits=4.0, allocation="kl")
     assert not (tmp_path / "q.eqm").exists()

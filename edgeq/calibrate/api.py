@@ -22,7 +22,8 @@ bits-per-weight budget: mixed precision over the linear layers) with allocation 
 is spread: "output-error", each layer's relative output error, or "probed", the model's own KL
 divergence from the float model with each layer alone at int2, measured on two 128-token
 windows of the calibration samples: better, one forward pass per layer and window, llama-family
-models only; see driver.quantize_packed) and rotation ("hadamard": the decoder's residual
+models only; or "probed-gains", probed with each layer's sensitivities scaled by its
+algorithm's measured gain; see driver.quantize_packed) and rotation ("hadamard": the decoder's residual
 stream is rotated before quantizing, edgeq.calibrate.rotation). The recipe actually applied
 travels in the output file's metadata ("recipe", with "bits_budget" and "allocation").
 """

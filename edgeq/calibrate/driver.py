@@ -479,7 +479,7 @@ class _Bars:
 
 
 #: how a bits budget is spread over the layers (quantize_packed's `allocation`)
-ALLOCATIONS = ("output-error", "probed")
+ALLOCATIONS = ("output-error", "probed", "probed-gains")
 #: the llama-family decoders: the probed allocation (edgeq.calibrate.probe) measures their output,
 #: sequential calibration (edgeq.calibrate.sequential) runs them block by block
 DECODERS = ("llama", "qwen2")
@@ -490,9 +490,9 @@ def check_allocation(allocation: str, bits: float | None, architecture: str | No
     "probed" on an architecture other than DECODERS (when it is given)."""
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
-    if allocation == "probed" and bits is None:
+    if allocation != "output-error" and bits is None:
         raise ValueError("the probed allocation spreads a bits-per-weight budget: give bits too")
-    if allocation == "probed" and architecture is not None and architecture not in DECODERS:
+    if allocation != "output-error" and architecture is not None and architecture not in DECODERS:
         raise UnsupportedError(f"the probed allocation measures next-token distributions of a llama-family "
                                f"decoder ({', '.join(DECODERS)}); {architecture!r} is not one: "
                                f"use allocation 'output-error'")
@@ -513,9 +513,12 @@ def quantize_packed(src, dst, recipe: Recipe, *, samples=None, bits: float | Non
                         the probe grid, carried to mixed.LOW_BIT_CANDIDATES by the relative
                         errors (mixed.probed_errors); llama-family models only, one forward
                         pass per window and unit
-    Both start from round to nearest's errors; a unit quantized by GPTQ, AWQ or HQQ has them
-    scaled by how much its algorithm lowers them at each qtype (mixed.algorithm_gains: the
-    algorithm run once per qtype on each layer).
+        "probed-gains"  probed, with each unit's sensitivities scaled by how much its
+                        algorithm (GPTQ, AWQ, HQQ) lowers round to nearest's error at each
+                        qtype (recipe_gains: the algorithm run once per qtype on each layer).
+                        Better at 2.5-3.25 bits on a rotated SmolLM2, slightly worse at 3.5;
+                        the same gains made the output-error allocation worse at 3.5 bits
+                        (24.51 -> 29.40), so only this allocation applies them
     dst's metadata records "bits_budget", "allocation" and, when probed, "probe" (grid,
     windows, tokens).
     The blocks are calibrated in passes whose Gram matrices fit `gram_memory` bytes (all of
@@ -586,7 +589,8 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
 
     probe_record = None
     if bits is not None:
-        candidates = mixed.LOW_BIT_CANDIDATES if allocation == "probed" else mixed.DEFAULT_CANDIDATES
+        probed = allocation != "output-error"
+        candidates = mixed.LOW_BIT_CANDIDATES if probed else mixed.DEFAULT_CANDIDATES
         sizes, errors, gains = {}, {}, {}
         for i, chunk in enumerate(chunks):
             units = _units(chunk, recipe)
@@ -595,16 +599,18 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
             s, e = mixed.relative_errors(floats, stats, units, candidates)
             sizes.update(s)
             errors.update(e)
-            bar = bars.bar(len(units), "measuring the algorithm's gains", "layer")
-            try:
-                gains.update(recipe_gains(floats, stats, units, e, candidates, recipe,
-                                          on_unit=bar.update if bar else None))
-            finally:
-                if bar:
-                    bar.close()
-        if allocation == "probed":
+            if allocation == "probed-gains":
+                bar = bars.bar(len(units), "measuring the algorithm's gains", "layer")
+                try:
+                    gains.update(recipe_gains(floats, stats, units, e, candidates, recipe,
+                                              on_unit=bar.update if bar else None))
+                finally:
+                    if bar:
+                        bar.close()
+        if probed:
             errors, probe_record = _probed(model, packed, _units(groups, recipe), errors, samples, candidates, bars)
-        errors = mixed.with_gains(errors, gains, candidates)
+        if gains:
+            errors = mixed.with_gains(errors, gains, candidates)
         recipe = mixed.budget_recipe(recipe, sizes, errors, _units(groups, recipe), bits, candidates)
         log.info("mixed precision (%s) for %.3f bits per weight: %d layer overrides", allocation, bits,
                  len(recipe.overrides))

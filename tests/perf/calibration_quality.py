@@ -37,9 +37,9 @@ SmolLM2 (llama part)
                 candidates mixed.LOW_BIT_CANDIDATES, at each --probed-budgets bits per weight,
                 every layer by gptq+: what `edgeq quantize --allocation probed` does, on the
                 same probe windows (probe.probe_windows of the calibration samples), with the
-                sensitivities scaled by gptq+'s gain per layer and qtype (driver.recipe_gains,
-                rows "... gptq gains)"; the mixed rows without it were allocated before the
-                gains existed)
+                sensitivities scaled by gptq+'s gain per layer and qtype (driver.recipe_gains:
+                `--allocation probed-gains`; rows "... (gptq gains)"; the mixed-probed rows
+                without it were allocated before the gains existed)
     --float-eval the candidates' block weights dequantized into the float reference model (no int8
                 activations): a weights-only score, much faster for int2 / int3, whose products
                 run on the per-step path; such rows are named "... [float eval]"
@@ -314,14 +314,12 @@ def run_llama(args) -> None:
     for name, _, nominal in LLAMACPP:
         budget = min(nominal, bpw[name])
         base = recipe("int4", 64, "gptq+")
-        key = f"mixed gptq+ <= {budget:.4f} bpw (vs {name}, gptq gains)"
+        key = f"mixed gptq+ <= {budget:.4f} bpw (vs {name})"
         if named(key) not in results and wanted(args, named(key)):
             t0 = time.perf_counter()
             units = [(n,) for g in groups for n in g.layers]
             sizes, errors = mixed.relative_errors(floats, get_stats(), units)
-            gains = gptq_gains(args, floats, get_stats, units, mixed.DEFAULT_CANDIDATES, "default")
-            r = mixed.budget_recipe(base, sizes, mixed.with_gains(errors, gains, mixed.DEFAULT_CANDIDATES),
-                                    units, budget)
+            r = mixed.budget_recipe(base, sizes, errors, units, budget)
             quantized(key, r, allocate_s=round(time.perf_counter() - t0, 1), method="mixed gptq+",
                       type="int2..int4")
     for budget in args.probed_budgets:
@@ -330,7 +328,7 @@ def run_llama(args) -> None:
             t0 = time.perf_counter()
             units = [(n,) for g in groups for n in g.layers]
             sizes, errors = probed_sensitivities(args, model, samples, floats, get_stats, units)
-            gains = gptq_gains(args, floats, get_stats, units, mixed.LOW_BIT_CANDIDATES, "low-bit")
+            gains = gptq_gains(args, floats, get_stats, units)
             errors = mixed.with_gains(errors, gains, mixed.LOW_BIT_CANDIDATES)
             r = mixed.budget_recipe(recipe("int4", 64, "gptq+"), sizes, errors, units, budget,
                                     mixed.LOW_BIT_CANDIDATES)
@@ -343,13 +341,14 @@ def run_llama(args) -> None:
             grid_row(qtype, group, algo)
 
 
-def gptq_gains(args, floats, get_stats, units, candidates, label):
-    """driver.recipe_gains of gptq+ over `candidates` (named `label` in the cache), as `edgeq
-    quantize --bits` scales its sensitivities by for a GPTQ recipe; cached in WORKDIR as JSON."""
-    path = args.workdir / f"gains-{label}-{args.samples}x{args.seq_len}{'-rotated' * args.rotate}.json"
+def gptq_gains(args, floats, get_stats, units):
+    """driver.recipe_gains of gptq+ over mixed.LOW_BIT_CANDIDATES, as `edgeq quantize
+    --allocation probed-gains` scales its sensitivities by; cached in WORKDIR as JSON."""
+    path = args.workdir / f"gains-low-bit-{args.samples}x{args.seq_len}{'-rotated' * args.rotate}.json"
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
+    candidates = mixed.LOW_BIT_CANDIDATES
     _, relative = mixed.relative_errors(floats, get_stats(), units, candidates)
     base = Recipe(WeightConfig("int4", 64, False, "gptq", GPTQ_BEST))
     gains = driver.recipe_gains(floats, get_stats(), units, relative, candidates, base)
