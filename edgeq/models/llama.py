@@ -325,7 +325,7 @@ class LlamaModel:
         return self._act_scales.get(id(matrix))
 
     def _matrices(self) -> list:
-        return [self.output] + [m for b in self.blocks for m in (*b.qkv, b.wo, *b.gate_up, b.w_down)]
+        return [matrix for _, matrix in self.named_matrices()]
 
     def _choose_steps(self, wanted: bool | str) -> tuple:
         """(steps, name) of the fused steps to run, or (None, None) for the numpy path."""
