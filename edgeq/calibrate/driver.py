@@ -648,10 +648,11 @@ def _quantize_packed(packed, dst, recipe: Recipe, samples, bits, allocation, gra
     return recipe, reports
 
 
-def recipe_gains(floats, stats, units, errors, candidates, recipe: Recipe, *,
+def recipe_gains(floats, stats, units, relative, candidates, recipe: Recipe, *,
                  on_unit: Callable[[], None] | None = None) -> dict:
     """mixed.algorithm_gains of the units whose algorithm (recipe.for_layer) is not round to
-    nearest, each layer quantized by its own algorithm and parameters; 1 for the others."""
+    nearest, each layer quantized by its own algorithm and parameters; 1 for the others.
+    relative: mixed.relative_errors of the units over `candidates`."""
     from edgeq.calibrate import mixed
 
     def by_algorithm(name, w, grid):
@@ -660,8 +661,8 @@ def recipe_gains(floats, stats, units, errors, candidates, recipe: Recipe, *,
         return _quantize_layer(w, config, stats.get(name))
 
     searched = [u for u in units if any(recipe.for_layer(n).algorithm not in ANY_QTYPE for n in u)]
-    gains = {u[0]: {candidates[c].qtype: 1.0 for c in errors[u[0]]} for u in units}
-    gains.update(mixed.algorithm_gains(floats, stats, searched, errors, candidates, by_algorithm, on_unit=on_unit))
+    gains = {u[0]: {candidates[c].qtype: 1.0 for c in relative[u[0]]} for u in units}
+    gains.update(mixed.algorithm_gains(floats, stats, searched, relative, candidates, by_algorithm, on_unit=on_unit))
     return gains
 
 

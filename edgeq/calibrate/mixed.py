@@ -168,24 +168,25 @@ def _relative(unit, mats, stats, quantize: Callable) -> float:
 
 
 def algorithm_gains(weights: Mapping[str, np.ndarray], stats: Mapping[str, InputStats],
-                    units: list[tuple[str, ...]], errors: Mapping[str, Mapping[str, float]],
+                    units: list[tuple[str, ...]], relative: Mapping[str, Mapping[str, float]],
                     candidates: Mapping[str, Grid], quantize: Callable[[str, np.ndarray, Grid], object],
                     on_unit: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
     """How much a unit's algorithm lowers round to nearest's output error, per qtype: unit ->
     qtype -> r_alg / r_rtn, both relative output errors at the coarsest group of that qtype the
-    unit lists in `errors`. quantize(name, w, grid) -> QTensor quantizes one layer by its
-    algorithm. GPTQ cuts the error 4x to 60x on SmolLM2's layers, differently per layer, so
-    an allocation from round to nearest's errors alone misjudges which layers cost most."""
+    unit lists in `relative` (relative_errors: r_rtn is read from it). quantize(name, w, grid)
+    -> QTensor quantizes one layer by its algorithm. GPTQ cuts the error 4x to 60x on
+    SmolLM2's layers, differently per layer, so an allocation from round to nearest's errors
+    alone misjudges which layers cost most."""
     gains = {}
     for unit in units:
         key = unit[0]
         mats = [np.asarray(weights[n], dtype=np.float32) for n in unit]
         gains[key] = {}
-        for qtype in sorted({candidates[c].qtype for c in errors[key]}):
-            grid = max((candidates[c] for c in errors[key] if candidates[c].qtype == qtype),
-                       key=lambda g: g.group_size)
-            rtn = _relative(unit, mats, stats, lambda name, w: grid.rtn(w))
-            ours = _relative(unit, mats, stats, lambda name, w: quantize(name, w, grid))
+        for qtype in sorted({candidates[c].qtype for c in relative[key]}):
+            name = max((c for c in relative[key] if candidates[c].qtype == qtype),
+                       key=lambda c: candidates[c].group_size)
+            rtn = relative[key][name]
+            ours = _relative(unit, mats, stats, lambda layer, w: quantize(layer, w, candidates[name]))
             gains[key][qtype] = ours / rtn if rtn > 0 else 1.0
         if on_unit is not None:
             on_unit()
